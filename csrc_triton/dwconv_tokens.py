@@ -1,0 +1,295 @@
+"""Depthwise 3D convolution over ViT token layout, fused with bias and activation.
+
+The input is a token tensor ``h[n, l, c]`` with ``n = b * T + t`` (frames of a clip consecutive) and
+``l = P + y * W + x`` (``P`` prefix tokens, then a row-major ``H x W`` patch grid). The "reshape to
+[B, C, T, H, W]" of the official ST-Adapter is pure index math here: no permute, no copy.
+
+Kernels (launchers beside them):
+  * ``_dwconv_tokens_kernel``: ``out[m] = act(bias + sum_tap w[tap] * in[m + off(tap)])``; with
+    ``FLIP`` it is the transposed conv ``out[m] = sum_tap w[tap] * in[m - off(tap)]`` (grad of input).
+  * ``_dwconv_tokens_bwd_kernel``: recomputes the pre-activation from the saved input, forms
+    ``dpre = dz * act'(pre)``, optionally stores it, and writes per-tile fp32 partial sums of the
+    weight and bias gradients (summed afterwards in a fixed order: deterministic).
+
+Only ``[.., .., C]`` tensors with unit channel stride are accepted; token and frame strides are free,
+so strided views (e.g. ``x[:, 1:, :]``) are read in place.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+#: Whether kernels in this module were decorated under Triton's CPU interpreter.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: Activation codes shared with ``stadapter_fast``: name -> constexpr code.
+ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "quick_gelu": 4, "silu": 5}
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@triton.jit
+def _act_fwd(x, ACT: tl.constexpr):
+    if ACT == 1:  # relu
+        x = tl.where(x > 0, x, 0.0)
+    elif ACT == 2:  # gelu (erf)
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACT == 3:  # gelu (tanh approximation); tanh(u) = 2 * sigmoid(2u) - 1
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x * (2.0 * tl.sigmoid(2.0 * u))
+    elif ACT == 4:  # quick_gelu (CLIP)
+        x = x * tl.sigmoid(1.702 * x)
+    elif ACT == 5:  # silu
+        x = x * tl.sigmoid(x)
+    return x
+
+
+@triton.jit
+def _act_grad(x, ACT: tl.constexpr):
+    """d act(x) / dx, elementwise (ACT != 0)."""
+    if ACT == 1:
+        g = tl.where(x > 0, 1.0, 0.0).to(x.dtype)
+    elif ACT == 2:
+        cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        g = cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+    elif ACT == 3:
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        th = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        du = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+        g = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+    elif ACT == 4:
+        s = tl.sigmoid(1.702 * x)
+        g = s + 1.702 * x * s * (1.0 - s)
+    else:
+        s = tl.sigmoid(x)
+        g = s + x * s * (1.0 - s)
+    return g
+
+
+@triton.jit
+def _tap_source(n, yy, xx, m_mask, T, H, W, it, iy, ix, KT: tl.constexpr, KH: tl.constexpr,
+                KW: tl.constexpr, FLIP: tl.constexpr):
+    """Source frame index, grid index and validity of one conv tap for a block of output tokens."""
+    dt = it - KT // 2
+    dy = iy - KH // 2
+    dx = ix - KW // 2
+    if FLIP:
+        dt = -dt
+        dy = -dy
+        dx = -dx
+    t = n % T + dt
+    y = yy + dy
+    x = xx + dx
+    ok = m_mask & (t >= 0) & (t < T) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    return n + dt, y * W + x, ok
+
+
+@triton.jit
+def _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, it, iy, ix,
+              KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, FLIP: tl.constexpr,
+              ACC: tl.constexpr):
+    src_n, src_s, ok = _tap_source(n, yy, xx, m_mask, T, H, W, it, iy, ix, KT, KH, KW, FLIP)
+    row = src_n.to(tl.int64) * sx_n + (P + src_s).to(tl.int64) * sx_l
+    v = tl.load(X + row[:, None] + offs_c[None, :], mask=ok[:, None] & c_mask[None, :], other=0.0)
+    return v.to(ACC)
+
+
+@triton.jit
+def _dwconv_tokens_kernel(
+    X, sx_n, sx_l, PX,          # input tokens [N, L_in, C], prefix rows PX skipped
+    Y, sy_n, sy_l, PY,          # output tokens [N, L_out, C], written at rows PY..PY+H*W
+    Wt, Bias,                   # weight [C, KT*KH*KW] contiguous; bias [C] (unused if not HAS_BIAS)
+    M, C, T, H, W,              # M = N * H * W patch tokens
+    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_mask = offs_m < M
+    c_mask = offs_c < C
+    HW = H * W
+    n = offs_m // HW
+    s = offs_m % HW
+    yy = s // W
+    xx = s % W
+    KTAPS: tl.constexpr = KT * KH * KW
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for it in tl.static_range(KT):
+        for iy in tl.static_range(KH):
+            for ix in tl.static_range(KW):
+                v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+                              it, iy, ix, KT, KH, KW, FLIP, ACC)
+                tap = (it * KH + iy) * KW + ix
+                w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
+                acc += v * w[None, :]
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
+    if ACT != 0:
+        acc = _act_fwd(acc, ACT)
+    out_row = n.to(tl.int64) * sy_n + (PY + s).to(tl.int64) * sy_l
+    tl.store(Y + out_row[:, None] + offs_c[None, :], acc.to(Y.dtype.element_ty),
+             mask=m_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _dwconv_tokens_bwd_kernel(
+    X, sx_n, sx_l, PX,          # saved conv input h
+    DZ, sdz_n, sdz_l, PDZ,      # grad of the conv output (post-activation)
+    DP,                         # dpre out, contiguous [M, C] (written iff STORE_DPRE)
+    Wt, Bias,
+    PART,                       # fp32/fp64 partials [num_m_tiles, KTAPS + 1, C]
+    M, C, T, H, W,
+    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_DPRE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_mask = offs_m < M
+    c_mask = offs_c < C
+    mc_mask = m_mask[:, None] & c_mask[None, :]
+    HW = H * W
+    n = offs_m // HW
+    s = offs_m % HW
+    yy = s // W
+    xx = s % W
+    KTAPS: tl.constexpr = KT * KH * KW
+
+    dz_row = n.to(tl.int64) * sdz_n + (PDZ + s).to(tl.int64) * sdz_l
+    dp = tl.load(DZ + dz_row[:, None] + offs_c[None, :], mask=mc_mask, other=0.0).to(ACC)
+    if ACT != 0:
+        # Recompute the pre-activation from the saved input (nothing but h is kept from forward).
+        pre = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+        for it in tl.static_range(KT):
+            for iy in tl.static_range(KH):
+                for ix in tl.static_range(KW):
+                    v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+                                  it, iy, ix, KT, KH, KW, False, ACC)
+                    tap = (it * KH + iy) * KW + ix
+                    w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
+                    pre += v * w[None, :]
+        if HAS_BIAS:
+            pre += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
+        dp = dp * _act_grad(pre, ACT)
+        dp = tl.where(mc_mask, dp, 0.0)
+    if STORE_DPRE:
+        dp_row = offs_m.to(tl.int64) * C
+        tl.store(DP + dp_row[:, None] + offs_c[None, :], dp.to(DP.dtype.element_ty), mask=mc_mask)
+
+    part = PART + pid_m.to(tl.int64) * (KTAPS + 1) * C + offs_c
+    for it in tl.static_range(KT):
+        for iy in tl.static_range(KH):
+            for ix in tl.static_range(KW):
+                v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+                              it, iy, ix, KT, KH, KW, False, ACC)
+                tap = (it * KH + iy) * KW + ix
+                tl.store(part + tap * C, tl.sum(dp * v, axis=0), mask=c_mask)
+    tl.store(part + KTAPS * C, tl.sum(dp, axis=0), mask=c_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+_TL_ACC = {torch.float64: tl.float64}
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return _TL_ACC.get(dtype, tl.float32)
+
+
+def _blocks(M: int, C: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_C, num_warps). The interpreter pays per program, so it gets big tiles."""
+    if INTERPRET:
+        return 256, min(triton.next_power_of_2(C), 512), 4
+    return 64, min(triton.next_power_of_2(C), 128), 4
+
+
+def _check_token_tensor(t: torch.Tensor) -> None:
+    if t.stride(2) != 1:
+        raise ValueError(f"token tensor must have unit channel stride, got strides {tuple(t.stride())}")
+
+
+def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                      out: torch.Tensor, T: int, H: int, W: int, p_in: int, p_out: int,
+                      kernel_size: tuple[int, int, int], act: int, flip: bool = False) -> torch.Tensor:
+    """Write ``act(conv(h) + bias)`` for the patch rows of ``out`` (rows ``p_out..``).
+
+    ``h``: [N, L_in, C] (patch rows from ``p_in``), ``w2d``: [C, kt*kh*kw] contiguous,
+    ``out``: [N, L_out, C]. Prefix rows of ``out`` are not touched. ``flip`` gives the transposed conv.
+    """
+    _check_token_tensor(h)
+    _check_token_tensor(out)
+    N, _, C = h.shape
+    M = N * H * W
+    if M == 0:
+        return out
+    BLOCK_M, BLOCK_C, warps = _blocks(M, C)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
+    kt, kh, kw = kernel_size
+    _dwconv_tokens_kernel[grid](
+        h, h.stride(0), h.stride(1), p_in,
+        out, out.stride(0), out.stride(1), p_out,
+        w2d, bias if bias is not None else w2d,
+        M, C, T, H, W,
+        KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act,
+        ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
+    )
+    return out
+
+
+def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
+                      bias: torch.Tensor | None, T: int, H: int, W: int, p: int,
+                      kernel_size: tuple[int, int, int], act: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``z = act(conv(h) + bias)`` given ``dz`` (same layout as z, prefix rows ignored).
+
+    Returns ``(dh, dw2d, dbias)``: ``dh`` shaped like ``h`` (contiguous, prefix rows zero),
+    ``dw2d`` [C, taps] and ``dbias`` [C] in the accumulation dtype (fp32, or fp64 for fp64 input).
+    """
+    _check_token_tensor(h)
+    _check_token_tensor(dz)
+    N, L, C = h.shape
+    M = N * H * W
+    kt, kh, kw = kernel_size
+    taps = kt * kh * kw
+    acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+    dh = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
+    dh[:, :p].zero_()
+    if M == 0:
+        z = torch.zeros((C, taps), dtype=acc_t, device=h.device)
+        return dh, z, z[:, 0].clone()
+    BLOCK_M, BLOCK_C, warps = _blocks(M, C)
+    m_tiles = triton.cdiv(M, BLOCK_M)
+    grid = (m_tiles, triton.cdiv(C, BLOCK_C))
+    part = torch.empty((m_tiles, taps + 1, C), dtype=acc_t, device=h.device)
+    store_dpre = act != 0
+    dpre = torch.empty((M, C), dtype=h.dtype, device=h.device) if store_dpre else part
+    _dwconv_tokens_bwd_kernel[grid](
+        h, h.stride(0), h.stride(1), p,
+        dz, dz.stride(0), dz.stride(1), p,
+        dpre,
+        w2d, bias if bias is not None else w2d,
+        part,
+        M, C, T, H, W,
+        KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
+        ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
+    )
+    sums = part.sum(dim=0)  # fixed-order reduction over tiles: deterministic
+    # grad of the input: transposed conv of dpre (or of dz itself when there is no activation).
+    if store_dpre:
+        src, src_p = dpre.view(N, H * W, C), 0
+    else:
+        src, src_p = dz, p
+    dwconv_tokens_fwd(src, w2d, None, dh, T, H, W, src_p, p, kernel_size, 0, flip=True)
+    return dh, sums[:taps].t(), sums[taps]

@@ -1,0 +1,325 @@
+"""``st_adapter_conv``: depthwise 3D conv + bias + activation on the ViT token layout.
+
+Autograd and dispatch live here; kernels live in ``csrc_triton.dwconv_tokens``. The op is registered
+with ``torch.library`` (forward and backward as custom ops) so ``torch.compile(fullgraph=True)`` sees
+it as one opaque node with a known output shape.
+
+Output convention: the output has ``h``'s shape ``[B*T, L, Ca]`` (contiguous); its ``P`` prefix rows
+are zero. A following linear over all ``L`` rows therefore maps prefix rows to its bias only, and its
+weight gradient picks up nothing from them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import resolve_backend, triton_kernels
+
+#: activation name -> code shared with the Triton kernels (``csrc_triton.dwconv_tokens.ACTIVATIONS``).
+ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "quick_gelu": 4, "silu": 5}
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations (PyTorch path and the reference module use these)
+# ----------------------------------------------------------------------------------------------
+
+def act_fwd(x: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "none":
+        return x
+    if act == "relu":
+        return F.relu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if act == "quick_gelu":
+        return x * torch.sigmoid(1.702 * x)
+    if act == "silu":
+        return F.silu(x)
+    raise ValueError(f"act must be one of {tuple(ACTIVATIONS)} or None, got {act!r}")
+
+
+def act_grad(x: torch.Tensor, act: str) -> torch.Tensor:
+    """Elementwise derivative of ``act_fwd(x, act)`` (act != "none")."""
+    if act == "relu":
+        return (x > 0).to(x.dtype)
+    if act == "gelu":
+        return 0.5 * (1.0 + torch.erf(x * math.sqrt(0.5))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    if act == "gelu_tanh":
+        th = torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * math.sqrt(2 / math.pi) * (1 + 0.134145 * x * x)
+    if act == "quick_gelu":
+        s = torch.sigmoid(1.702 * x)
+        return s + 1.702 * x * s * (1 - s)
+    if act == "silu":
+        s = torch.sigmoid(x)
+        return s + x * s * (1 - s)
+    raise ValueError(f"no derivative for act {act!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch path: shifted-view multiply-adds on the [B, T, H, W, C] *view* of the tokens (no permute)
+# ----------------------------------------------------------------------------------------------
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grid_view(t: torch.Tensor, p: int, T: int, H: int, W: int) -> torch.Tensor:
+    """[N, L, C] tokens -> [B, T, H, W, C] view of the patch rows (a view: no copy)."""
+    N, _, C = t.shape
+    return t[:, p:, :].view(N // T, T, H, W, C)
+
+
+def _shift(size: int, d: int) -> tuple[slice, slice]:
+    """Output and input slices along one axis for a tap at offset ``d`` with zero padding."""
+    return slice(max(0, -d), min(size, size - d)), slice(max(0, d), min(size, size + d))
+
+
+def _taps(kernel_size: Sequence[int]):
+    kt, kh, kw = kernel_size
+    for it in range(kt):
+        for iy in range(kh):
+            for ix in range(kw):
+                yield (it * kh + iy) * kw + ix, (it - kt // 2, iy - kh // 2, ix - kw // 2)
+
+
+def _conv_accumulate(out5: torch.Tensor, src5: torch.Tensor, w2d: torch.Tensor,
+                     kernel_size: Sequence[int], flip: bool) -> None:
+    """``out5 += conv(src5)`` (``flip``: transposed conv), all [B, T, H, W, C]."""
+    _, T, H, W, _ = out5.shape
+    for tap, (dt, dy, dx) in _taps(kernel_size):
+        if flip:
+            dt, dy, dx = -dt, -dy, -dx
+        (ot, it), (oy, iy), (ox, ix) = _shift(T, dt), _shift(H, dy), _shift(W, dx)
+        out5[:, ot, oy, ox].addcmul_(src5[:, it, iy, ix], w2d[:, tap])
+
+
+def _torch_pre(h5: torch.Tensor, w2d: torch.Tensor, bias: Optional[torch.Tensor],
+               kernel_size: Sequence[int]) -> torch.Tensor:
+    acc = h5.new_zeros(h5.shape) if bias is None else bias.to(h5.dtype).expand(h5.shape).clone()
+    _conv_accumulate(acc, h5, w2d, kernel_size, flip=False)
+    return acc
+
+
+def _torch_fwd(h, weight, bias, T, H, W, P, act):
+    N, L, C = h.shape
+    acc_t = _acc_dtype(h.dtype)
+    kernel_size = tuple(weight.shape[2:])
+    w2d = weight.reshape(C, -1).to(acc_t)
+    h5 = _grid_view(h, P, T, H, W).to(acc_t)
+    z5 = act_fwd(_torch_pre(h5, w2d, bias, kernel_size), act)
+    out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
+    out[:, :P].zero_()
+    _grid_view(out, P, T, H, W).copy_(z5)
+    return out
+
+
+def _torch_bwd(dz, h, weight, bias, T, H, W, P, act):
+    N, L, C = h.shape
+    acc_t = _acc_dtype(h.dtype)
+    kernel_size = tuple(weight.shape[2:])
+    w2d = weight.reshape(C, -1).to(acc_t)
+    h5 = _grid_view(h, P, T, H, W).to(acc_t)
+    dp5 = _grid_view(dz, P, T, H, W).to(acc_t)
+    if act != "none":
+        dp5 = dp5 * act_grad(_torch_pre(h5, w2d, bias, kernel_size), act)
+    dims = (0, 1, 2, 3)
+    db = dp5.sum(dims)
+    dw = torch.empty_like(w2d)
+    for tap, (dt, dy, dx) in _taps(kernel_size):
+        (ot, it), (oy, iy), (ox, ix) = _shift(T, dt), _shift(H, dy), _shift(W, dx)
+        dw[:, tap] = (dp5[:, ot, oy, ox] * h5[:, it, iy, ix]).sum(dims)
+    dh5 = torch.zeros_like(h5)
+    _conv_accumulate(dh5, dp5, w2d, kernel_size, flip=True)
+    dh = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
+    dh[:, :P].zero_()
+    _grid_view(dh, P, T, H, W).copy_(dh5)
+    return dh, dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton path
+# ----------------------------------------------------------------------------------------------
+
+def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _triton_fwd(h, weight, bias, T, H, W, P, act):
+    k = triton_kernels("dwconv_tokens")
+    N, L, C = h.shape
+    h = _unit_channel_stride(h)
+    out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
+    out[:, :P].zero_()
+    k.dwconv_tokens_fwd(h, weight.reshape(C, -1).contiguous(), bias, out, T, H, W, P, P,
+                        tuple(weight.shape[2:]), ACTIVATIONS[act])
+    return out
+
+
+def _triton_bwd(dz, h, weight, bias, T, H, W, P, act):
+    k = triton_kernels("dwconv_tokens")
+    C = h.shape[2]
+    return k.dwconv_tokens_bwd(_unit_channel_stride(dz), _unit_channel_stride(h),
+                               weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
+                               tuple(weight.shape[2:]), ACTIVATIONS[act])
+
+
+_IMPLS = {"torch": (_torch_fwd, _torch_bwd), "triton": (_triton_fwd, _triton_bwd)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops + autograd
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("stadapter_fast::st_adapter_conv", mutates_args=())
+def _conv_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int, H: int,
+             W: int, P: int, act: str, backend: str) -> torch.Tensor:
+    return _IMPLS[backend][0](h, weight, bias, T, H, W, P, act)
+
+
+@_conv_op.register_fake
+def _(h, weight, bias, T, H, W, P, act, backend):
+    return h.new_empty(h.shape)
+
+
+@torch.library.custom_op("stadapter_fast::st_adapter_conv_backward", mutates_args=())
+def _conv_bwd_op(dz: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dh, dw, db = _IMPLS[backend][1](dz, h, weight, bias, T, H, W, P, act)
+    b_dtype = bias.dtype if bias is not None else weight.dtype
+    # dw and db may be views of one partial-sum buffer: copy (tiny) so outputs never alias.
+    return dh, dw.reshape(weight.shape).to(weight.dtype, copy=True), db.to(b_dtype, copy=True)
+
+
+@_conv_bwd_op.register_fake
+def _(dz, h, weight, bias, T, H, W, P, act, backend):
+    b_dtype = bias.dtype if bias is not None else weight.dtype
+    return h.new_empty(h.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],), dtype=b_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    h, weight, bias, T, H, W, P, act, backend = inputs
+    ctx.save_for_backward(h, weight, bias)
+    ctx.args = (T, H, W, P, act, backend)
+
+
+def _backward(ctx, dz):
+    h, weight, bias = ctx.saved_tensors
+    dh, dw, db = _conv_bwd_op(dz, h, weight, bias, *ctx.args)
+    return dh, dw, (db if bias is not None else None), None, None, None, None, None, None
+
+
+_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functional API
+# ----------------------------------------------------------------------------------------------
+
+def resolve_grid(L: int, num_prefix_tokens: int, grid_size: Optional[Sequence[int]]) -> tuple[int, int]:
+    """(H, W) of the patch grid of ``L`` tokens with ``num_prefix_tokens`` prefix tokens."""
+    check_num_prefix_tokens(num_prefix_tokens)
+    n = L - num_prefix_tokens
+    if n <= 0:
+        raise ValueError(f"token count L={L} leaves no patch tokens after num_prefix_tokens={num_prefix_tokens}")
+    if grid_size is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"L - num_prefix_tokens = {L} - {num_prefix_tokens} = {n} is not a square "
+                             f"grid; pass grid_size=(H, W) for non-square grids")
+        return side, side
+    H, W = check_grid_size(grid_size)
+    if H * W != n:
+        raise ValueError(f"grid_size={tuple(grid_size)} holds H*W={H * W} tokens, but L - num_prefix_tokens = "
+                         f"{L} - {num_prefix_tokens} = {n}")
+    return H, W
+
+
+def check_grid_size(grid_size: Sequence[int]) -> tuple[int, int]:
+    """Validate an explicit ``(H, W)`` patch grid."""
+    if (not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2
+            or any(isinstance(g, bool) or not isinstance(g, int) or g <= 0 for g in grid_size)):
+        raise ValueError(f"grid_size must be None or two positive ints (H, W), got {grid_size!r}")
+    return int(grid_size[0]), int(grid_size[1])
+
+
+def check_num_prefix_tokens(num_prefix_tokens: int) -> int:
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+    return num_prefix_tokens
+
+
+def normalize_act(act: Optional[str]) -> str:
+    act = "none" if act is None else act
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {tuple(ACTIVATIONS)} or None, got {act!r}")
+    return act
+
+
+def check_kernel_size(kernel_size: Sequence[int]) -> tuple[int, int, int]:
+    ks = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 3
+    if len(ks) != 3 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
+        raise ValueError(f"kernel_size must be three odd positive ints (kt, kh, kw), got {kernel_size!r}")
+    return ks
+
+
+def _check_conv_args(h, weight, bias, T):
+    if not isinstance(h, torch.Tensor) or h.dim() != 3:
+        raise ValueError(f"h must be a tensor of shape [B*T, L, C], got "
+                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+    if h.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"h must have dtype in {SUPPORTED_DTYPES}, got {h.dtype}")
+    N, L, C = h.shape
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T (frames per clip) must be a positive int, got {T!r}")
+    if N % T != 0:
+        raise ValueError(f"h.shape[0] = B*T = {N} is not divisible by T = {T}")
+    if weight.dim() != 5 or weight.shape[0] != C or weight.shape[1] != 1:
+        raise ValueError(f"weight must have shape [C, 1, kt, kh, kw] with C = h.shape[2] = {C}, "
+                         f"got {tuple(weight.shape)}")
+    check_kernel_size(tuple(weight.shape[2:]))
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"weight must be floating point, got {weight.dtype}")
+    if weight.device != h.device:
+        raise ValueError(f"weight is on {weight.device} but h is on {h.device}")
+    if bias is not None:
+        if bias.shape != (C,):
+            raise ValueError(f"bias must have shape [{C}], got {tuple(bias.shape)}")
+        if not bias.dtype.is_floating_point:
+            raise ValueError(f"bias must be floating point, got {bias.dtype}")
+        if bias.device != h.device:
+            raise ValueError(f"bias is on {bias.device} but h is on {h.device}")
+
+
+def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int,
+                    grid_size: Optional[Sequence[int]] = None, num_prefix_tokens: int = 1,
+                    act: Optional[str] = None, backend: str = "auto") -> torch.Tensor:
+    """Depthwise 3D conv + bias + activation over the patch tokens of ``h``, in the token layout.
+
+    Args:
+        h: ``[B*T, L, Ca]`` tokens (frames of a clip consecutive along dim 0), e.g. the output of the
+            adapter's ``fc1`` over all tokens. Any token/frame strides; channel stride must be 1 (else
+            a copy is made). fp16, bf16, fp32 or fp64.
+        weight: ``[Ca, 1, kt, kh, kw]`` depthwise kernel (``nn.Conv3d(groups=Ca).weight``); odd sizes.
+        bias: ``[Ca]`` or None. Parameters may be fp32 while ``h`` is fp16/bf16 (autocast recipe).
+        T: frames per clip.
+        grid_size: ``(H, W)`` of the patch grid, or None for a square grid of ``L - num_prefix_tokens``.
+        num_prefix_tokens: leading tokens (class/register) that the conv skips.
+        act: None/"none" (the official release), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
+        backend: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch".
+
+    Returns:
+        ``[B*T, L, Ca]`` in ``h``'s dtype, contiguous; ``act(conv(h) + bias)`` at the patch rows
+        (zero padding ``k // 2`` per axis, as the official ``nn.Conv3d``), zeros at the prefix rows.
+    """
+    _check_conv_args(h, weight, bias, T)
+    H, W = resolve_grid(h.shape[1], num_prefix_tokens, grid_size)
+    act = normalize_act(act)
+    impl = resolve_backend(backend, h.device)
+    return _conv_op(h, weight, bias, T, H, W, num_prefix_tokens, act, impl)

@@ -31,6 +31,9 @@ test: venv
 test-system:
 	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
+demo: venv
+	$(PY) -m stadapter_fast.demo
+
 bench: venv
 	$(PY) -m pytest benchmarks/ --benchmark-only -q
 

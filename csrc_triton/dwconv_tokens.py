@@ -72,12 +72,13 @@ def _act_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _tap_source(n, yy, xx, m_mask, T, H, W, it, iy, ix, KT: tl.constexpr, KH: tl.constexpr,
-                KW: tl.constexpr, FLIP: tl.constexpr):
-    """Source frame index, grid index and validity of one conv tap for a block of output tokens."""
-    dt = it - KT // 2
-    dy = iy - KH // 2
-    dx = ix - KW // 2
+def _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
+              KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, FLIP: tl.constexpr,
+              ACC: tl.constexpr):
+    """Input tile feeding conv tap ``tap`` (0 outside the zero-padded volume) for a block of tokens."""
+    dt = tap // (KH * KW) - KT // 2
+    dy = (tap // KW) % KH - KH // 2
+    dx = tap % KW - KW // 2
     if FLIP:
         dt = -dt
         dy = -dy
@@ -86,15 +87,7 @@ def _tap_source(n, yy, xx, m_mask, T, H, W, it, iy, ix, KT: tl.constexpr, KH: tl
     y = yy + dy
     x = xx + dx
     ok = m_mask & (t >= 0) & (t < T) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    return n + dt, y * W + x, ok
-
-
-@triton.jit
-def _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, it, iy, ix,
-              KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, FLIP: tl.constexpr,
-              ACC: tl.constexpr):
-    src_n, src_s, ok = _tap_source(n, yy, xx, m_mask, T, H, W, it, iy, ix, KT, KH, KW, FLIP)
-    row = src_n.to(tl.int64) * sx_n + (P + src_s).to(tl.int64) * sx_l
+    row = (n + dt).to(tl.int64) * sx_n + (P + y * W + x).to(tl.int64) * sx_l
     v = tl.load(X + row[:, None] + offs_c[None, :], mask=ok[:, None] & c_mask[None, :], other=0.0)
     return v.to(ACC)
 
@@ -122,14 +115,12 @@ def _dwconv_tokens_kernel(
     xx = s % W
     KTAPS: tl.constexpr = KT * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-    for it in tl.static_range(KT):
-        for iy in tl.static_range(KH):
-            for ix in tl.static_range(KW):
-                v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
-                              it, iy, ix, KT, KH, KW, FLIP, ACC)
-                tap = (it * KH + iy) * KW + ix
-                w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
-                acc += v * w[None, :]
+    # A runtime loop over taps (not unrolled): (3,3,3) would otherwise bloat code and compile time.
+    for tap in range(KTAPS):
+        v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
+                      KT, KH, KW, FLIP, ACC)
+        w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
+        acc += v * w[None, :]
     if HAS_BIAS:
         acc += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
     if ACT != 0:
@@ -170,14 +161,11 @@ def _dwconv_tokens_bwd_kernel(
     if ACT != 0:
         # Recompute the pre-activation from the saved input (nothing but h is kept from forward).
         pre = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-        for it in tl.static_range(KT):
-            for iy in tl.static_range(KH):
-                for ix in tl.static_range(KW):
-                    v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
-                                  it, iy, ix, KT, KH, KW, False, ACC)
-                    tap = (it * KH + iy) * KW + ix
-                    w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
-                    pre += v * w[None, :]
+        for tap in range(KTAPS):
+            v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
+                          KT, KH, KW, False, ACC)
+            w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
+            pre += v * w[None, :]
         if HAS_BIAS:
             pre += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
         dp = dp * _act_grad(pre, ACT)
@@ -187,13 +175,10 @@ def _dwconv_tokens_bwd_kernel(
         tl.store(DP + dp_row[:, None] + offs_c[None, :], dp.to(DP.dtype.element_ty), mask=mc_mask)
 
     part = PART + pid_m.to(tl.int64) * (KTAPS + 1) * C + offs_c
-    for it in tl.static_range(KT):
-        for iy in tl.static_range(KH):
-            for ix in tl.static_range(KW):
-                v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
-                              it, iy, ix, KT, KH, KW, False, ACC)
-                tap = (it * KH + iy) * KW + ix
-                tl.store(part + tap * C, tl.sum(dp * v, axis=0), mask=c_mask)
+    for tap in range(KTAPS):
+        v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
+                      KT, KH, KW, False, ACC)
+        tl.store(part + tap * C, tl.sum(dp * v, axis=0), mask=c_mask)
     tl.store(part + KTAPS * C, tl.sum(dp, axis=0), mask=c_mask)
 
 

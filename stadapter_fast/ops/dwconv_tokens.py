@@ -193,8 +193,11 @@ def _conv_bwd_op(dz: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dh, dw, db = _IMPLS[backend][1](dz, h, weight, bias, T, H, W, P, act)
     b_dtype = bias.dtype if bias is not None else weight.dtype
-    # dw and db may be views of one partial-sum buffer: copy (tiny) so outputs never alias.
-    return dh, dw.reshape(weight.shape).to(weight.dtype, copy=True), db.to(b_dtype, copy=True)
+    # dw and db may be (transposed) views of one partial-sum buffer: copy them (tiny) into fresh
+    # contiguous tensors, so outputs never alias and match the fake kernel's strides.
+    cf = torch.contiguous_format
+    return (dh, dw.reshape(weight.shape).to(weight.dtype, memory_format=cf, copy=True),
+            db.to(b_dtype, memory_format=cf, copy=True))
 
 
 @_conv_bwd_op.register_fake
@@ -323,3 +326,18 @@ def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     act = normalize_act(act)
     impl = resolve_backend(backend, h.device)
     return _conv_op(h, weight, bias, T, H, W, num_prefix_tokens, act, impl)
+
+
+def st_adapter_conv_ref(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int,
+                        grid_size: Optional[Sequence[int]] = None, num_prefix_tokens: int = 1,
+                        act: Optional[str] = None) -> torch.Tensor:
+    """Plain-PyTorch oracle of :func:`st_adapter_conv` (the official permute + ``F.conv3d`` route)."""
+    N, L, C = h.shape
+    P = num_prefix_tokens
+    H, W = resolve_grid(L, P, grid_size)
+    x = h[:, P:, :].reshape(N // T, T, H, W, C).permute(0, 4, 1, 2, 3)
+    pad = tuple(k // 2 for k in weight.shape[2:])
+    z = act_fwd(F.conv3d(x, weight.to(h.dtype), None if bias is None else bias.to(h.dtype), padding=pad,
+                         groups=C), normalize_act(act))
+    z = z.permute(0, 2, 3, 4, 1).reshape(N, H * W, C)
+    return torch.cat([z.new_zeros(N, P, C), z], dim=1)

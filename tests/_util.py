@@ -1,0 +1,29 @@
+"""Shared test helpers: device, per-dtype tolerances, comparison against an fp64 reference."""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+TRITON_OK = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# Relative tolerance, max|a - b| / max|b|, per dtype, against an fp64 reference.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "",
+                 factor: float = 1.0) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (an unwritten output?)"
+    err = rel_err(actual, expected)
+    tol = RTOL[dtype] * factor
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def backends():
+    """Backends testable here: torch always; triton on GPU or through the interpreter."""
+    return ["torch", "triton"] if TRITON_OK else ["torch"]

@@ -1,0 +1,35 @@
+"""Test set-up: Triton's CPU interpreter when there is no GPU, NaN-poisoned fresh allocations,
+and tolerance helpers shared by the tests."""
+import os
+
+import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when kernels are decorated: decide before anything imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_real_empty, _real_empty_like = torch.empty, torch.empty_like
+
+
+def _poison(t):
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        t.fill_(float("nan"))
+    return t
+
+
+def _nan_empty(*args, **kwargs):
+    return _poison(_real_empty(*args, **kwargs))
+
+
+def _nan_empty_like(*args, **kwargs):
+    return _poison(_real_empty_like(*args, **kwargs))
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_empty(monkeypatch):
+    """Every torch.empty / empty_like in code under test comes back filled with NaN, so an output
+    element a kernel forgets to write shows up as NaN instead of as stale memory that looks right."""
+    monkeypatch.setattr(torch, "empty", _nan_empty)
+    monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
+    yield

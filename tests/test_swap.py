@@ -1,0 +1,125 @@
+"""swap_adapters: official-style adapters in a model become FastSTAdapters with the same outputs."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stadapter_fast import FastSTAdapter, STAdapterReference, swap_adapters
+from tests._util import DEVICE, assert_close
+
+
+class OfficialAdapter(nn.Module):
+    """The structure of the release's adapter (written here from its description): in-place add."""
+
+    def __init__(self, in_channels, adapter_channels, kernel_size):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, adapter_channels)
+        self.conv = nn.Conv3d(adapter_channels, adapter_channels, kernel_size=kernel_size, stride=(1, 1, 1),
+                              padding=tuple(k // 2 for k in kernel_size), groups=adapter_channels)
+        self.fc2 = nn.Linear(adapter_channels, in_channels)
+
+    def forward(self, x, T):
+        BT, L, C = x.size()
+        Ca = self.conv.in_channels
+        H = W = round(math.sqrt(L - 1))
+        x_id = x
+        x = self.fc1(x[:, 1:, :])
+        x = x.view(BT // T, T, H, W, Ca).permute(0, 4, 1, 2, 3).contiguous()
+        x = self.conv(x)
+        x = x.permute(0, 2, 3, 4, 1).contiguous().view(BT, L - 1, Ca)
+        x_id[:, 1:, :] += self.fc2(x)
+        return x_id
+
+
+class NotAnAdapter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.conv = nn.Conv3d(4, 4, 3, padding=1)  # dense, not depthwise
+
+    def forward(self, x, T):
+        return x
+
+
+class Block(nn.Module):
+    def __init__(self, C, adapter):
+        super().__init__()
+        self.adapter = adapter
+        self.mlp = nn.Linear(C, C)
+
+    def forward(self, x, T):
+        x = self.adapter(x, T)
+        return x + self.mlp(x)
+
+
+class Net(nn.Module):
+    def __init__(self, adapters):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(16, a) for a in adapters)
+        self.other = NotAnAdapter()
+
+    def forward(self, x, T):
+        for b in self.blocks:
+            x = b(x, T)
+        return x
+
+
+def randomize(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def test_swap_official_adapters_same_outputs_and_grads():
+    net = Net([OfficialAdapter(16, 8, (3, 1, 1)), OfficialAdapter(16, 8, (3, 3, 3))]).double().to(DEVICE)
+    randomize(net)
+    net.blocks[1].adapter.fc2.weight.requires_grad_(False)
+    x = torch.randn(4, 10, 16, dtype=torch.float64, device=DEVICE)
+    y_ref = net(x.clone(), 2)
+    gx = torch.randn_like(y_ref)
+    xr = x.clone().requires_grad_()
+    ref_grads = torch.autograd.grad(net(xr.clone(), 2), [xr] + [p for p in net.blocks.parameters() if p.requires_grad], gx)
+    net.eval()
+
+    assert swap_adapters(net) == 2
+    assert all(isinstance(b.adapter, FastSTAdapter) for b in net.blocks)
+    assert isinstance(net.other, NotAnAdapter)
+    a = net.blocks[1].adapter
+    assert a.kernel_size == (3, 3, 3) and a.act == "none" and a.num_prefix_tokens == 1
+    assert not a.fc2.weight.requires_grad and not a.training
+    assert a.fc1.weight.dtype == torch.float64 and a.fc1.weight.device.type == DEVICE
+
+    x2 = x.clone().requires_grad_()
+    y = net(x2, 2)
+    assert_close(y, y_ref, torch.float64, "y")
+    grads = torch.autograd.grad(y, [x2] + [p for p in net.blocks.parameters() if p.requires_grad], gx)
+    for g, rg in zip(grads, ref_grads):
+        assert_close(g, rg, torch.float64, "grad")
+    assert swap_adapters(net) == 0  # idempotent
+
+
+def test_swap_reference_keeps_its_config():
+    ref = STAdapterReference(16, 8, (1, 3, 3), act="quick_gelu", num_prefix_tokens=2, grid_size=(2, 4))
+    net = nn.Sequential(nn.Identity())
+    net.add_module("ad", ref)
+    assert swap_adapters(net, backend="torch") == 1
+    new = net.ad
+    assert (new.act, new.num_prefix_tokens, new.grid_size, new.backend) == ("quick_gelu", 2, (2, 4), "torch")
+
+
+def test_swap_prefix_override_and_no_match():
+    net = nn.ModuleDict({"a": OfficialAdapter(16, 8, (3, 1, 1)), "b": nn.Linear(3, 3)})
+    assert swap_adapters(net, num_prefix_tokens=0, grid_size=(3, 3)) == 1
+    assert net["a"].num_prefix_tokens == 0 and net["a"].grid_size == (3, 3)
+    assert swap_adapters(nn.Sequential(nn.Linear(3, 3), NotAnAdapter())) == 0
+
+
+def test_swap_warns_for_activation_attribute():
+    class WithAct(OfficialAdapter):
+        act = "gelu"
+
+    net = nn.ModuleDict({"a": WithAct(16, 8, (3, 1, 1))})
+    with pytest.warns(UserWarning, match="activation attribute"):
+        assert swap_adapters(net) == 1

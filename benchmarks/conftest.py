@@ -1,0 +1,121 @@
+"""pytest-benchmark plumbing: one row per (level, case, mode, provider), with speed-ups against the
+reference providers, peak memory, and roofline fractions in ``extra_info``.
+
+Run: ``pytest benchmarks/ --benchmark-only`` (add ``--benchmark-json=out.json`` for the report tool,
+``-k`` to select, ``--max-autotune`` to compile references with mode="max-autotune").
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+from benchmarks import _harness as H
+
+WARMUP, ROUNDS = (3, 10) if H.device() == "cuda" else (1, 3)
+BASELINE_PROVIDERS = ("reference", "reference_compiled")
+_REF_OUT: dict = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--max-autotune", action="store_true", default=False,
+                     help="compile the *_compiled providers with mode='max-autotune'")
+    parser.addoption("--no-compiled-baseline", action="store_true", default=False,
+                     help="report speed-up vs reference_compiled only where that row ran in this session "
+                          "(skips compiling it on demand for -k selections without it)")
+
+
+_OPTS = {}
+
+
+def pytest_configure(config):
+    _OPTS["compiled_baseline"] = not config.getoption("--no-compiled-baseline", default=False)
+
+
+@pytest.fixture(scope="session")
+def compile_mode(request) -> str:
+    return "max-autotune" if request.config.getoption("--max-autotune") else "default"
+
+
+def skip_unavailable(provider: str) -> None:
+    """Compiled and cuDNN providers are GPU rows; the CPU run compares fast (torch path) vs reference."""
+    if H.device() != "cuda" and provider not in ("reference", "fast"):
+        pytest.skip(f"{provider} is benchmarked on GPU only (CPU runs compare fast vs reference)")
+
+
+class Row:
+    """Builds, checks and times one provider for one case; records extra_info."""
+
+    def __init__(self, benchmark, level: int, case_key: tuple, mode: str, dtype: torch.dtype,
+                 build: Callable[[str], tuple], min_bytes: Optional[float] = None,
+                 flops: Optional[float] = None):
+        self.benchmark, self.level, self.key, self.mode, self.dtype = benchmark, level, case_key, mode, dtype
+        self.build, self.min_bytes, self.flops = build, min_bytes, flops
+
+    def _measure(self, provider: str):
+        step, output = self.build(provider)
+        t = statistics.median(H.time_calls(step, WARMUP, ROUNDS))
+        peak = H.peak_memory_bytes(lambda: step(0))
+        return step, output, t, peak
+
+    def _reference_output(self, output_fn) -> torch.Tensor:
+        k = self.key + (self.mode,)
+        if k not in _REF_OUT:
+            _REF_OUT.clear()  # keep one case's reference output alive at a time
+            _REF_OUT[k] = self.build("reference")[1]()
+        return _REF_OUT[k]
+
+    def _baseline(self, provider: str):
+        k = self.key + (self.mode, provider)
+        if k not in H.BASELINES.median_s:
+            _, _, t, peak = self._measure(provider)
+            H.BASELINES.median_s[k], H.BASELINES.peak[k] = t, peak
+        return H.BASELINES.median_s[k], H.BASELINES.peak[k]
+
+    def run(self, provider: str) -> None:
+        step, output = self.build(provider)
+        # outputs checked equal before timing
+        if provider != "reference":
+            err = H.rel_err(output(), self._reference_output(output))
+            tol = H.CHECK_RTOL[self.dtype]
+            assert err <= tol, f"{provider} output differs from reference: rel err {err:.2e} > {tol:.0e}"
+        calls = iter(range(10 ** 9))
+        self.benchmark.pedantic(lambda: (step(next(calls)), H.sync()), rounds=ROUNDS,
+                                warmup_rounds=WARMUP, iterations=1)
+        t = self.benchmark.stats.stats.median
+        peak = H.peak_memory_bytes(lambda: step(0))
+        k = self.key + (self.mode, provider)
+        if provider in BASELINE_PROVIDERS:
+            H.BASELINES.median_s[k], H.BASELINES.peak[k] = t, peak
+        info = self.benchmark.extra_info
+        info.update(level=self.level, case="/".join(map(str, self.key)), mode=self.mode, provider=provider,
+                    dtype=str(self.dtype).replace("torch.", ""), median_ms=t * 1e3,
+                    device=H.device_rates().name, **H.versions())
+        ref_t, ref_peak = self._baseline("reference")
+        info["speedup_vs_reference"] = ref_t / t
+        comp_key = self.key + (self.mode, "reference_compiled")
+        if H.device() == "cuda" and (_OPTS.get("compiled_baseline", True) or comp_key in H.BASELINES.median_s):
+            comp_t, _ = self._baseline("reference_compiled")
+            info["speedup_vs_reference_compiled"] = comp_t / t
+        info["peak_mem_mb"] = None if peak is None else peak / 2 ** 20
+        info["mem_ratio_vs_reference"] = None if not (peak and ref_peak) else peak / ref_peak
+        rates = H.device_rates()
+        info["copy_gbps_device"], info["matmul_tflops_device"] = rates.copy_gbps, rates.matmul_tflops
+        if self.min_bytes:
+            info["min_bytes"] = self.min_bytes
+            info["achieved_gbps"] = self.min_bytes / t / 1e9
+            info["bw_fraction"] = info["achieved_gbps"] / rates.copy_gbps
+        if self.flops is not None and self.min_bytes:
+            floor = max(self.flops / (rates.matmul_tflops * 1e12), self.min_bytes / (rates.copy_gbps * 1e9))
+            info["flops"] = self.flops
+            info["floor_ms"] = floor * 1e3
+            info["floor_fraction"] = floor / t
+
+
+@pytest.fixture
+def row(benchmark):
+    def make(**kw) -> Row:
+        return Row(benchmark, **kw)
+    return make

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One visit to the GPU machine: GPU tests, then the GPU benchmark in phases (each with its own time
+# limit and JSON, so a slow phase still leaves the others' results), then the table and chart.
+#   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/out)
+# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). ~9 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-benchmarks/out}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds"
+
+{
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+uncommitted changes)')"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+  $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
+} | tee "$OUT_DIR/env.txt"
+
+echo "== GPU tests"
+timeout 150 $PY -m pytest tests/test_gpu.py tests/ops/test_dwconv_tokens.py -q -x -p no:cacheprovider \
+  -k "gpu or (triton and (k311 or k333) and (none or gelu) and not gradcheck)" 2>&1 | tail -n 15 | tee "$OUT_DIR/gpu_tests.txt"
+
+echo "== Phase A: every provider, ViT-B/16 8 frames, release kernel, bf16 (levels 1-2)"
+timeout 200 $BENCH -k "vitb16_8f and k311 and bfloat16 and (test_conv or test_adapter)" \
+  --benchmark-json="$OUT_DIR/phase_a.json" 2>&1 | tail -n 5
+echo "== Phase B: reference vs fast over shapes, kernels and dtypes (levels 1-2)"
+timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and not compiled and not channels_last and not (vitb16_8f and k311 and bfloat16)" \
+  --benchmark-json="$OUT_DIR/phase_b.json" 2>&1 | tail -n 5
+echo "== Phase C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
+timeout 90 $BENCH --no-compiled-baseline -k "test_model and bfloat16 and not compiled" \
+  --benchmark-json="$OUT_DIR/phase_c.json" 2>&1 | tail -n 5
+
+echo "== Report"
+jsons=$(ls "$OUT_DIR"/phase_*.json 2>/dev/null)
+if [ -n "$jsons" ]; then
+  $PY -m benchmarks.report $jsons --out-dir "$OUT_DIR" || echo "report failed (matplotlib missing?)"
+fi
+ls -la "$OUT_DIR"

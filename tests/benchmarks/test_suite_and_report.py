@@ -1,0 +1,55 @@
+"""`pytest benchmarks/ --benchmark-only` passes on CPU, and the report tool turns its real JSON into a
+Markdown table and a PNG chart."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter is never timed
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "-q",
+                           "-p", "no:cacheprovider", f"--benchmark-json={out}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return out
+
+
+def test_benchmark_rows_carry_metrics(bench_json):
+    rows = [b["extra_info"] for b in json.loads(bench_json.read_text())["benchmarks"]]
+    assert {r["level"] for r in rows} == {1, 2, 3}
+    assert {r["provider"] for r in rows} == {"reference", "fast"}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["speedup_vs_reference"] > 0
+        if r["level"] in (1, 2):
+            assert 0 < r["bw_fraction"] and r["achieved_gbps"] > 0
+        if r["level"] == 2:
+            assert r["floor_ms"] > 0 and 0 < r["floor_fraction"]
+        if r["provider"] == "reference":
+            assert abs(r["speedup_vs_reference"] - 1) < 1e-9
+
+
+def test_report_writes_table_and_chart(bench_json, tmp_path):
+    from benchmarks.report import main
+
+    assert main([str(bench_json), "--out-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| level | case | mode |" in md and "| fast |" in md and "device: cpu" in md
+    png = (tmp_path / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_report_names_a_bad_file(tmp_path):
+    from benchmarks.report import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match=str(bad)):
+        main([str(bad)])

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import _harness as H
 
-WARMUP, ROUNDS = (3, 10) if H.device() == "cuda" else (1, 3)
+WARMUP, ROUNDS = (3, 10) if H.device() == "cuda" else (2, 15)
 BASELINE_PROVIDERS = ("reference", "reference_compiled")
 _REF_OUT: dict = {}
 

@@ -19,7 +19,7 @@ def build_model_step(config, dtype, mode, provider, compile_mode):
     model = (ref if provider.startswith("reference") else fast).to(device())
     fwd = torch.compile(model, mode=compile_mode) if provider.endswith("compiled") else model
     g = torch.Generator(device=device()).manual_seed(0)
-    video = torch.randn(clips, frames, 3, img, img, device=device(), generator=g).to(dtype)
+    video = torch.randn(clips, 3, frames, img, img, device=device(), generator=g).to(dtype)
     labels = torch.randint(0, 400, (clips,), device=device(), generator=g)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
 
@@ -45,7 +45,7 @@ def build_model_step(config, dtype, mode, provider, compile_mode):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c[0])
 def test_model(row, compile_mode, config, dtype, mode, provider):
     skip_unavailable(provider)
-    name = ("vitb16_8f" if device() == "cuda" else "mini_vit") + "_" + config[0]
+    name = ("vitb16_8f" if device() == "cuda" else "tiny_vit") + "_" + config[0]
     # the output check runs on fresh weights (before any optimizer step): providers must agree
     r = row(level=3, case_key=(name,), mode=mode, dtype=dtype,
             build=lambda p: build_model_step(config, dtype, mode, p, compile_mode))

@@ -3,11 +3,16 @@
 Public API::
 
     from stadapter_fast import FastSTAdapter, STAdapterReference, swap_adapters, st_adapter_conv
+    from stadapter_fast import STAdapterConfig, add_st_adapters, VideoClassifier, save_adapters, load_adapters
 """
 from ._backend import BACKENDS, resolve_backend
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import ACTIVATIONS, st_adapter_conv
 from .swap import swap_adapters
+from .integration import (STAdapterConfig, VideoClassifier, add_st_adapters, adapter_parameter_count,
+                          count_parameters, create_backbone, set_num_frames)
+from .checkpoint import load_adapters, read_adapter_metadata, save_adapters
+from ._compat import ensure_torchvision_importable
 
 __version__ = "0.1.0"
 
@@ -15,8 +20,19 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "FastSTAdapter",
+    "STAdapterConfig",
     "STAdapterReference",
+    "VideoClassifier",
+    "adapter_parameter_count",
+    "add_st_adapters",
+    "count_parameters",
+    "create_backbone",
+    "ensure_torchvision_importable",
+    "load_adapters",
+    "read_adapter_metadata",
     "resolve_backend",
+    "save_adapters",
+    "set_num_frames",
     "st_adapter_conv",
     "swap_adapters",
 ]

@@ -53,3 +53,16 @@ def test_report_names_a_bad_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match=str(bad)):
         main([str(bad)])
+
+
+def test_model_fallback_without_timm_builds_and_runs():
+    """The benchmark's fallback ViT (used where timm is missing) takes adapters like a timm ViT."""
+    import torch
+
+    from benchmarks._model import MiniViT
+    from stadapter_fast import STAdapterConfig, VideoClassifier, add_st_adapters
+
+    clf = VideoClassifier(add_st_adapters(MiniViT(32, 8, 48, 2, 4), STAdapterConfig(adapter_channels=8)), 3, 4)
+    out = clf(torch.randn(2, 3, 4, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 3) and clf.head.weight.grad is not None

@@ -1,0 +1,94 @@
+"""Adapter-only checkpoints: the trainable tensors (adapters, head) in safetensors, with a JSON config
+(backbone signature, adapter config, head classes) in the file's metadata. A task's checkpoint is a
+few MB instead of the backbone's hundreds."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+FORMAT = "stadapter-fast/adapters-v1"
+
+
+def _describe(model: nn.Module) -> dict:
+    from .integration import VideoClassifier, _Arch
+
+    backbone = model.backbone if isinstance(model, VideoClassifier) else model
+    cfg = getattr(backbone, "st_adapter_config", None)
+    if cfg is None:
+        raise ValueError(f"{type(model).__name__} has no ST-Adapters (add_st_adapters was not applied)")
+    meta = {"format": FORMAT, "backbone": _Arch(backbone).signature(), "adapter_config": cfg.to_dict()}
+    if isinstance(model, VideoClassifier):
+        meta["head"] = {"num_classes": model.num_classes, "num_frames": model.num_frames, "pool": model.pool}
+    return meta
+
+
+def save_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Write the trainable parameters of ``model`` (a backbone with adapters, or a VideoClassifier)
+    and its config to ``path`` (safetensors). Written atomically. Returns the path."""
+    from safetensors.torch import save_file
+
+    meta = _describe(model)
+    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    if not tensors:
+        raise ValueError("model has no trainable parameters to save")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"stadapter_fast": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapter_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The JSON config stored in an adapter checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("stadapter_fast")
+    except Exception as e:  # missing, truncated or not safetensors
+        raise ValueError(f"{path}: cannot read adapter checkpoint ({e})") from e
+    if raw is None:
+        raise ValueError(f"{path}: not a stadapter-fast adapter checkpoint (no 'stadapter_fast' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+    """Load a checkpoint written by :func:`save_adapters` into ``model`` (built the same way: same
+    backbone architecture and adapter config, e.g. a fresh backbone + ``add_st_adapters``).
+
+    Raises ValueError naming the file and the first mismatch (backbone, adapter config, head,
+    missing or mis-shaped tensors)."""
+    from safetensors.torch import load_file
+
+    meta = read_adapter_metadata(path)
+    mine = _describe(model)
+    for key in ("backbone", "adapter_config", "head"):
+        if meta.get(key) != mine.get(key):
+            raise ValueError(f"{path}: checkpoint {key} {meta.get(key)} does not match the model's {mine.get(key)}")
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(trainable - tensors.keys()), sorted(tensors.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(f"{path}: tensors do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            if params[n].shape != t.shape:
+                raise ValueError(f"{path}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}")
+            params[n].copy_(t)
+    return model

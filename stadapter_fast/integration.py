@@ -1,0 +1,337 @@
+"""ST-Adapters in timm and open_clip ViTs: ``STAdapterConfig``, ``add_st_adapters``, ``VideoClassifier``.
+
+Insertion follows the paper and the release: an adapter before attention and/or before the MLP of each
+chosen block, receiving the block input as ``[B*T, L, C]``. Each chosen block is wrapped by
+:class:`STAdapterBlock`, which runs the block's own sublayers with the adapters in between (library
+classes are not patched). The frame count reaches the adapters through a small context object shared
+by the wrappers; :class:`VideoClassifier` sets it from the video it is given.
+
+Note: wrapping moves a chosen block's parameters under ``.block.`` in the backbone's state_dict
+(``blocks.3.block.attn.qkv.weight``). Load pretrained backbone weights before adding adapters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .modules import FastSTAdapter, STAdapterReference
+from .ops.dwconv_tokens import check_kernel_size, normalize_act
+
+POSITIONS = ("pre_attn", "pre_mlp")
+
+
+@dataclass
+class STAdapterConfig:
+    """How to insert ST-Adapters.
+
+    Args:
+        adapter_channels: bottleneck width Ca (384 in the release).
+        kernel_size: odd (kt, kh, kw); the release uses (3, 1, 1).
+        act: None (the release), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
+        positions: any of "pre_attn", "pre_mlp" ("pre_mlp" alone = the release's 12x384 on K400;
+            both = 24x384 for SSv2).
+        layers: "all", an int k (the last k blocks), or a sequence of block indices.
+        impl: "fast" (FastSTAdapter) or "reference" (STAdapterReference, for comparisons).
+        backend: backend of the fast adapters ("auto", "triton", "torch").
+        freeze_backbone: only adapters (and a classifier head) train.
+        backbone_dtype: e.g. torch.float16 / torch.bfloat16 casts the frozen backbone (the release's
+            recipe, with adapters and head kept fp32 under autocast); None leaves it as is.
+    """
+
+    adapter_channels: int = 384
+    kernel_size: Sequence[int] = (3, 1, 1)
+    act: Optional[str] = None
+    positions: Sequence[str] = ("pre_mlp",)
+    layers: Union[str, int, Sequence[int]] = "all"
+    impl: str = "fast"
+    backend: str = "auto"
+    freeze_backbone: bool = True
+    backbone_dtype: Optional[torch.dtype] = None
+
+    def __post_init__(self):
+        if isinstance(self.adapter_channels, bool) or not isinstance(self.adapter_channels, int) or self.adapter_channels < 1:
+            raise ValueError(f"adapter_channels must be a positive int, got {self.adapter_channels!r}")
+        self.kernel_size = check_kernel_size(self.kernel_size)
+        self.act = None if normalize_act(self.act) == "none" else self.act
+        if isinstance(self.positions, str):
+            self.positions = (self.positions,)
+        self.positions = tuple(self.positions)
+        if not self.positions or any(p not in POSITIONS for p in self.positions) or len(set(self.positions)) != len(self.positions):
+            raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {self.positions!r}")
+        if self.impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        if not (self.layers == "all" or (isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers >= 1)
+                or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))):
+            raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a list of block indices, "
+                             f"got {self.layers!r}")
+        if isinstance(self.layers, list):
+            self.layers = tuple(self.layers)
+        if self.backbone_dtype not in (None, torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"backbone_dtype must be None, torch.float16, torch.bfloat16 or torch.float32, "
+                             f"got {self.backbone_dtype!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["kernel_size"] = list(self.kernel_size)
+        d["positions"] = list(self.positions)
+        d["layers"] = self.layers if isinstance(self.layers, (str, int)) else list(self.layers)
+        d["backbone_dtype"] = None if self.backbone_dtype is None else str(self.backbone_dtype).replace("torch.", "")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "STAdapterConfig":
+        d = dict(d)
+        if d.get("backbone_dtype") is not None:
+            d["backbone_dtype"] = getattr(torch, d["backbone_dtype"])
+        d["kernel_size"] = tuple(d["kernel_size"])
+        d["positions"] = tuple(d["positions"])
+        if isinstance(d["layers"], list):
+            d["layers"] = tuple(d["layers"])
+        return cls(**d)
+
+
+class FrameContext:
+    """Frames per clip, shared by the adapter wrappers of one backbone."""
+
+    def __init__(self, num_frames: int):
+        self.num_frames = num_frames
+
+
+class _Arch:
+    """What differs between timm and open_clip ViTs, read off the model."""
+
+    def __init__(self, model: nn.Module):
+        if hasattr(model, "visual") and hasattr(model.visual, "transformer"):
+            model = model.visual  # open_clip CLIP -> its image tower
+        self.model = model
+        if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
+            self.kind = "timm"
+            self.container = model.blocks
+            self.width = model.embed_dim
+            self.num_prefix_tokens = int(model.num_prefix_tokens)
+            self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+            self.has_cls = getattr(model, "cls_token", None) is not None
+            self.final_norm = model.norm if not isinstance(model.norm, nn.Identity) else getattr(model, "fc_norm", model.norm)
+            self.name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        elif hasattr(model, "transformer") and hasattr(model.transformer, "resblocks") and hasattr(model, "conv1"):
+            self.kind = "open_clip"
+            self.container = model.transformer.resblocks
+            self.width = model.conv1.out_channels
+            self.num_prefix_tokens = 1
+            self.grid = tuple(int(g) for g in model.grid_size)
+            self.has_cls = True
+            self.final_norm = model.ln_post
+            self.name = "open_clip." + type(model).__name__
+        else:
+            raise ValueError(f"unsupported backbone {type(model).__name__}: expected a timm VisionTransformer or an "
+                             f"open_clip CLIP model / its .visual VisionTransformer")
+        self.depth = len(self.container)
+
+    def signature(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "width": self.width, "depth": self.depth,
+                "grid": list(self.grid), "num_prefix_tokens": self.num_prefix_tokens}
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block, before the final norm: [B*T, L, C]."""
+        m = self.model
+        if self.kind == "timm":
+            x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
+            return m.blocks(x)
+        return m.transformer(m._embeds(frames))
+
+
+class STAdapterBlock(nn.Module):
+    """A ViT block with ST-Adapters before its attention and/or its MLP."""
+
+    def __init__(self, block: nn.Module, kind: str, frames: FrameContext,
+                 pre_attn: Optional[nn.Module], pre_mlp: Optional[nn.Module]):
+        super().__init__()
+        self.block, self.kind, self.frames = block, kind, frames
+        self.pre_attn, self.pre_mlp = pre_attn, pre_mlp
+        needed = (("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2") if kind == "timm"
+                  else ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2"))
+        missing = [a for a in needed if not hasattr(block, a)]
+        if missing:
+            raise ValueError(f"cannot insert adapters into {type(block).__name__}: missing {missing} "
+                             f"(supported: timm Block, open_clip ResidualAttentionBlock)")
+        self.batch_first = kind == "timm" or getattr(getattr(block, "attn", None), "batch_first", True)
+
+    def _adapt(self, adapter: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        if adapter is None:
+            return x
+        if self.batch_first:
+            return adapter(x, self.frames.num_frames)
+        return adapter(x.transpose(0, 1), self.frames.num_frames).transpose(0, 1)  # LND <-> NLD
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        b = self.block
+        x = self._adapt(self.pre_attn, x)
+        if self.kind == "timm":
+            x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), *args, **kwargs)))
+            x = self._adapt(self.pre_mlp, x)
+            return x + b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
+        attn_mask = kwargs.get("attn_mask", args[2] if len(args) > 2 else None)
+        x = x + b.ls_1(b.attention(q_x=b.ln_1(x), attn_mask=attn_mask))
+        x = self._adapt(self.pre_mlp, x)
+        return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+
+def _chosen_layers(layers, depth: int) -> list[int]:
+    if layers == "all":
+        return list(range(depth))
+    if isinstance(layers, int):
+        if layers > depth:
+            raise ValueError(f"layers={layers} (last k blocks) exceeds the backbone's depth {depth}")
+        return list(range(depth - layers, depth))
+    out = sorted({i % depth if -depth <= i < depth else None for i in layers} - {None})
+    if len(out) != len(set(layers)):
+        raise ValueError(f"layers {list(layers)} has indices outside [-{depth}, {depth}) or duplicates")
+    return out
+
+
+def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, num_frames: int = 8) -> nn.Module:
+    """Insert ST-Adapters into a timm VisionTransformer or an open_clip CLIP model (or its ``.visual``).
+
+    Modifies ``backbone`` in place and returns it. Prefix tokens (class, register tokens) and the
+    patch grid (non-square too) are read from the model. With ``cfg.freeze_backbone`` every
+    backbone parameter stops requiring grad and only the adapters train. ``num_frames`` is the
+    initial frame count. :class:`VideoClassifier` updates it per call; otherwise use
+    :func:`set_num_frames`.
+    """
+    cfg = cfg or STAdapterConfig()
+    if getattr(backbone, "st_adapter_config", None) is not None:
+        raise ValueError("backbone already has ST-Adapters (st_adapter_config is set)")
+    arch = _Arch(backbone)
+    if cfg.backbone_dtype is not None:
+        backbone.to(cfg.backbone_dtype)
+    if cfg.freeze_backbone:
+        backbone.requires_grad_(False)
+    ref = next(arch.model.parameters())
+    frames = FrameContext(num_frames)
+    cls = FastSTAdapter if cfg.impl == "fast" else STAdapterReference
+
+    def make():
+        a = cls(arch.width, cfg.adapter_channels, cfg.kernel_size, act=cfg.act,
+                num_prefix_tokens=arch.num_prefix_tokens, grid_size=arch.grid, backend=cfg.backend)
+        return a.to(ref.device)  # fp32 adapters, whatever the backbone's dtype
+
+    for i in _chosen_layers(cfg.layers, arch.depth):
+        arch.container[i] = STAdapterBlock(arch.container[i], arch.kind, frames,
+                                           make() if "pre_attn" in cfg.positions else None,
+                                           make() if "pre_mlp" in cfg.positions else None)
+    backbone.st_adapter_config = cfg
+    backbone.st_adapter_frames = frames
+    return backbone
+
+
+def set_num_frames(model: nn.Module, num_frames: int) -> None:
+    """Set the frame count the adapters of ``model`` (a backbone or classifier) use."""
+    ctx = getattr(model, "st_adapter_frames", None) or getattr(getattr(model, "backbone", None), "st_adapter_frames", None)
+    if ctx is None:
+        raise ValueError("model has no ST-Adapters (call add_st_adapters first)")
+    ctx.num_frames = num_frames
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def adapter_parameter_count(in_channels: int, cfg: STAdapterConfig, num_adapters: int) -> int:
+    """Formula: per adapter C*Ca + Ca (fc1) + Ca*kt*kh*kw + Ca (conv) + Ca*C + C (fc2)."""
+    C, Ca = in_channels, cfg.adapter_channels
+    return num_adapters * (2 * C * Ca + Ca + Ca * math.prod(cfg.kernel_size) + Ca + C)
+
+
+class VideoClassifier(nn.Module):
+    """Video classifier on an image ViT with ST-Adapters, as in the release.
+
+    Frames go through the backbone. The class token (or, with ``pool="mean"`` or for models without
+    one, the mean of the patch tokens) is averaged over frames, then passed through the backbone's
+    final norm, ``Dropout(dropout)`` and a ``Linear`` head (init std 0.02, zero bias).
+
+    ``forward(video)``: ``video`` is ``[B, C, T, H, W]`` (channels, then time: the release's
+    layout) or, with ``input_layout="BTCHW"``, ``[B, T, C, H, W]``. Returns ``[B, num_classes]``
+    fp32 logits.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int = 8, dropout: float = 0.5,
+                 pool: str = "auto", input_layout: str = "BCTHW"):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if input_layout not in ("BCTHW", "BTCHW"):
+            raise ValueError(f"input_layout must be 'BCTHW' or 'BTCHW', got {input_layout!r}")
+        if pool not in ("auto", "cls", "mean"):
+            raise ValueError(f"pool must be 'auto', 'cls' or 'mean', got {pool!r}")
+        self.backbone = backbone
+        self._arch = _Arch(backbone)
+        if pool == "cls" and not self._arch.has_cls:
+            raise ValueError(f"pool='cls' but {self._arch.name} has no class token; use pool='mean'")
+        self.pool = ("cls" if self._arch.has_cls else "mean") if pool == "auto" else pool
+        self.num_frames, self.num_classes, self.input_layout = num_frames, num_classes, input_layout
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self._arch.width, num_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        if getattr(backbone, "st_adapter_frames", None) is not None:
+            backbone.st_adapter_frames.num_frames = num_frames
+
+    def _frames(self, video: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if video.dim() != 5:
+            raise ValueError(f"video must be 5-D ({self.input_layout}), got shape {tuple(video.shape)}")
+        if self.input_layout == "BCTHW":
+            video = video.transpose(1, 2)
+        B, T = video.shape[:2]
+        dtype = next(self.backbone.parameters()).dtype
+        return video.reshape(B * T, *video.shape[2:]).to(dtype), T
+
+    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Per-frame tokens after the last block (before the final norm): [B*T, L, C]."""
+        frames, T = self._frames(video)
+        ctx = getattr(self.backbone, "st_adapter_frames", None)
+        if ctx is not None:
+            ctx.num_frames = T
+        return self._arch.frame_tokens(frames)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        B = video.shape[0]
+        tokens = self.frame_tokens(video)
+        P = self._arch.num_prefix_tokens
+        feat = tokens[:, 0] if self.pool == "cls" else tokens[:, P:].mean(1)
+        feat = feat.reshape(B, -1, feat.shape[-1]).mean(1)
+        feat = self._arch.final_norm(feat)
+        with torch.autocast(feat.device.type, enabled=False):  # the (tiny) head in fp32: fp32 logits
+            return self.head(self.dropout(feat.float()))
+
+
+def create_backbone(name: str, pretrained: Union[bool, str] = False, **kwargs) -> nn.Module:
+    """A backbone by name: ``"timm:<model>"`` (e.g. ``timm:vit_base_patch16_224``) or
+    ``"open_clip:<model>"`` (e.g. ``open_clip:ViT-B-16``; returns the image tower ``.visual``).
+
+    ``pretrained`` passes through (timm: bool; open_clip: a tag such as ``"openai"`` or True for
+    "openai"). Downloads happen only when it is set. kwargs go to the library's constructor, e.g.
+    ``img_size=(224, 160)`` (timm) or ``force_image_size=...`` (open_clip).
+    """
+    from ._compat import ensure_torchvision_importable
+
+    lib, _, model = name.partition(":")
+    if not model:
+        raise ValueError(f"backbone name must be 'timm:<model>' or 'open_clip:<model>', got {name!r}")
+    ensure_torchvision_importable()
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(model, pretrained=bool(pretrained), num_classes=0, **kwargs)
+    if lib == "open_clip":
+        import open_clip
+
+        tag = ("openai" if pretrained is True else pretrained) or None
+        return open_clip.create_model(model, pretrained=tag, **kwargs).visual
+    raise ValueError(f"backbone library must be 'timm' or 'open_clip', got {lib!r} in {name!r}")

@@ -1,0 +1,239 @@
+"""ST-Adapters in timm and open_clip ViTs (random weights, small images), VideoClassifier, checkpoints."""
+import copy
+import sys
+
+import pytest
+import torch
+
+from stadapter_fast import (FastSTAdapter, STAdapterConfig, STAdapterReference, VideoClassifier,
+                            adapter_parameter_count, add_st_adapters, count_parameters,
+                            ensure_torchvision_importable, load_adapters, save_adapters, swap_adapters)
+from tests._util import assert_close
+
+ensure_torchvision_importable()
+timm = pytest.importorskip("timm")
+open_clip = pytest.importorskip("open_clip")
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+
+
+def tiny_timm(**kw):
+    args = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, num_classes=0)
+    args.update(kw)
+    torch.manual_seed(0)
+    return VisionTransformer(**args)
+
+
+def tiny_open_clip():
+    torch.manual_seed(0)
+    return open_clip.create_model("ViT-B-16", pretrained=None, force_image_size=32).visual
+
+
+def video(B=2, T=4, H=32, W=32, layout="BCTHW", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, 3, T, H, W, generator=g)
+    return v if layout == "BCTHW" else v.transpose(1, 2).contiguous()
+
+
+def randomize_trainable(model, seed=1, std=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+# --- identity at init -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32),
+    lambda: tiny_timm(reg_tokens=4),
+    lambda: tiny_timm(img_size=(32, 24)),   # non-square grid 4x3
+], ids=["timm_vit_b16", "timm_registers", "timm_nonsquare"])
+@pytest.mark.parametrize("positions", [("pre_mlp",), ("pre_attn", "pre_mlp")])
+def test_identity_at_init_timm(make, positions):
+    plain = make().eval()
+    model = add_st_adapters(copy.deepcopy(plain), STAdapterConfig(adapter_channels=16, positions=positions))
+    clf = VideoClassifier(model, num_classes=5, num_frames=4).eval()
+    H, W = plain.patch_embed.img_size
+    v = video(H=H, W=W)
+    frames = v.transpose(1, 2).reshape(-1, 3, H, W)
+    expected = plain.forward_features(frames)
+    got = clf._arch.final_norm(clf.frame_tokens(v))
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0), (got - expected).abs().max()
+
+
+def test_identity_at_init_open_clip_vit_b16():
+    plain = tiny_open_clip().eval()
+    model = add_st_adapters(copy.deepcopy(plain), STAdapterConfig(adapter_channels=16))
+    clf = VideoClassifier(model, num_classes=5, num_frames=4).eval()
+    v = video()
+    expected = plain(v.transpose(1, 2).reshape(-1, 3, 32, 32))  # pooled class token @ proj
+    got = clf._arch.final_norm(clf.frame_tokens(v))[:, 0] @ model.proj
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+
+
+# --- training behaviour ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])
+def test_one_step_changes_only_adapters_and_head(make):
+    model = add_st_adapters(make(), STAdapterConfig(adapter_channels=16, positions=("pre_attn", "pre_mlp")))
+    clf = VideoClassifier(model, num_classes=3, num_frames=4)
+    randomize_trainable(clf)
+    before = {n: p.detach().clone() for n, p in clf.named_parameters()}
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert trainable and all(".pre_attn." in n or ".pre_mlp." in n or n.startswith("head.") for n in trainable)
+    opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(clf(video()), torch.tensor([0, 2]))
+    loss.backward()
+    opt.step()
+    for n, p in clf.named_parameters():
+        changed = not torch.equal(p.detach(), before[n])
+        if n in trainable:
+            assert changed, f"trainable {n} did not change"
+        else:
+            assert not changed and p.grad is None, f"backbone parameter {n} changed or has a grad"
+
+
+@pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])
+def test_fast_and_reference_adapters_agree(make):
+    cfg = dict(adapter_channels=16, kernel_size=(3, 3, 3), act="gelu", positions=("pre_attn", "pre_mlp"))
+    ref = VideoClassifier(add_st_adapters(make(), STAdapterConfig(impl="reference", **cfg)), 3, 4).eval()
+    randomize_trainable(ref)
+    fast = copy.deepcopy(ref)
+    assert swap_adapters(fast) == 2 * ref._arch.depth
+    assert any(isinstance(m, STAdapterReference) for m in ref.modules())
+    assert not any(type(m) is STAdapterReference for m in fast.modules())
+    assert any(isinstance(m, FastSTAdapter) for m in fast.modules())
+    v = video(layout="BCTHW")
+    outs = []
+    for clf in (ref, fast):
+        y = clf(v)
+        grads = torch.autograd.grad(y.square().sum(), [p for p in clf.parameters() if p.requires_grad])
+        outs.append((y, grads))
+    assert_close(outs[1][0], outs[0][0], torch.float32, "logits", factor=10)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        assert_close(a, b, torch.float32, "grad", factor=10)
+
+
+def test_parameter_counts_vit_b16_match_formula():
+    for positions, n in ((("pre_mlp",), 12), (("pre_attn", "pre_mlp"), 24)):
+        cfg = STAdapterConfig(adapter_channels=384, positions=positions)
+        m = add_st_adapters(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0), cfg)
+        trainable, total = count_parameters(m)
+        assert trainable == adapter_parameter_count(768, cfg, n)
+        assert total - trainable == 85_798_656  # ViT-B/16 without head
+    assert adapter_parameter_count(768, STAdapterConfig(), 12) == 7_110_144  # the release's ~7.1M
+
+
+def test_layers_last_k_and_indices():
+    m = add_st_adapters(tiny_timm(depth=4), STAdapterConfig(adapter_channels=8, layers=2))
+    assert [type(b).__name__ for b in m.blocks] == ["Block", "Block", "STAdapterBlock", "STAdapterBlock"]
+    m = add_st_adapters(tiny_timm(depth=4), STAdapterConfig(adapter_channels=8, layers=[0, -1]))
+    assert [type(b).__name__ for b in m.blocks] == ["STAdapterBlock", "Block", "Block", "STAdapterBlock"]
+    with pytest.raises(ValueError, match="exceeds the backbone's depth 4"):
+        add_st_adapters(tiny_timm(depth=4), STAdapterConfig(layers=5))
+    with pytest.raises(ValueError, match="outside"):
+        add_st_adapters(tiny_timm(depth=4), STAdapterConfig(layers=[7]))
+
+
+def test_input_layouts_and_mean_pool_without_class_token():
+    model = add_st_adapters(tiny_timm(class_token=False, reg_tokens=2, global_pool="avg"), STAdapterConfig(adapter_channels=8))
+    clf = VideoClassifier(model, 4, num_frames=4, input_layout="BTCHW").eval()
+    assert clf.pool == "mean"
+    out = clf(video(layout="BTCHW"))
+    assert out.shape == (2, 4) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="has no class token"):
+        VideoClassifier(model, 4, pool="cls")
+    with pytest.raises(ValueError, match=r"video must be 5-D \(BTCHW\), got shape \(8, 3, 32, 32\)"):
+        clf(torch.randn(8, 3, 32, 32))
+
+
+def test_backbone_precision_recipe_bf16():
+    cfg = STAdapterConfig(adapter_channels=8, backbone_dtype=torch.bfloat16)
+    clf = VideoClassifier(add_st_adapters(tiny_timm(), cfg), 3, num_frames=4)
+    assert clf.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
+    adapters = [m for m in clf.modules() if isinstance(m, FastSTAdapter)]
+    assert adapters and all(p.dtype == torch.float32 for a in adapters for p in a.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = clf(video())
+    out.sum().backward()
+    assert out.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for a in adapters for p in a.parameters())
+
+
+def test_config_and_backbone_errors():
+    with pytest.raises(ValueError, match=r"positions must be a non-empty subset of .* got \('pre_ffn',\)"):
+        STAdapterConfig(positions=("pre_ffn",))
+    with pytest.raises(ValueError, match="impl must be 'fast' or 'reference'"):
+        STAdapterConfig(impl="cuda")
+    with pytest.raises(ValueError, match="kernel_size must be three odd positive ints"):
+        STAdapterConfig(kernel_size=(2, 1, 1))
+    with pytest.raises(ValueError, match="unsupported backbone Linear"):
+        add_st_adapters(torch.nn.Linear(3, 3))
+    m = add_st_adapters(tiny_timm(), STAdapterConfig(adapter_channels=8))
+    with pytest.raises(ValueError, match="already has ST-Adapters"):
+        add_st_adapters(m)
+
+
+def test_compile_classifier_cpu():
+    torch._dynamo.reset()
+    clf = VideoClassifier(add_st_adapters(tiny_timm(depth=2), STAdapterConfig(adapter_channels=8, act="gelu")), 3, 4).eval()
+    randomize_trainable(clf)
+    v = video()
+    eager = clf(v)
+    compiled = torch.compile(clf, fullgraph=True)(v)
+    assert_close(compiled, eager, torch.float32, "compiled logits", factor=100)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def build_clf(make=tiny_timm, **cfg):
+    cfg = dict(dict(adapter_channels=16, positions=("pre_attn", "pre_mlp")), **cfg)
+    return VideoClassifier(add_st_adapters(make(), STAdapterConfig(**cfg)), num_classes=7, num_frames=4)
+
+
+@pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])
+def test_save_load_round_trip(tmp_path, make):
+    clf = build_clf(make).eval()
+    randomize_trainable(clf, seed=5)
+    path = save_adapters(clf, tmp_path / "task.safetensors")
+    trainable, total = count_parameters(clf)
+    assert path.stat().st_size < 4 * trainable + 64 * 1024  # only the trainable tensors (+ header)
+    fresh = build_clf(make).eval()   # a freshly built backbone (same seed: same frozen weights)
+    v = video()
+    assert not torch.allclose(fresh(v), clf(v))
+    load_adapters(fresh, path)
+    assert torch.equal(fresh(v), clf(v))
+
+
+def test_load_errors_name_the_file(tmp_path):
+    clf = build_clf()
+    path = save_adapters(clf, tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match=r"a.safetensors: checkpoint backbone .* does not match"):
+        load_adapters(build_clf(make=lambda: tiny_timm(depth=2)), path)
+    with pytest.raises(ValueError, match=r"a.safetensors: checkpoint adapter_config .* does not match"):
+        load_adapters(build_clf(adapter_channels=8), path)
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"corrupt.safetensors: cannot read adapter checkpoint"):
+        load_adapters(clf, bad)
+
+
+def test_torchvision_shim_only_acts_on_the_known_failure(monkeypatch):
+    import builtins
+
+    from stadapter_fast import _compat
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "torchvision":
+            raise RuntimeError("some other torchvision problem")
+        return real_import(name, *a, **k)
+
+    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
+    for k in saved:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(RuntimeError, match="some other torchvision problem"):
+        _compat.ensure_torchvision_importable()

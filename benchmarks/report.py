@@ -16,7 +16,7 @@ COLUMNS = [  # (header, extra_info key, format)
     ("provider", "provider", "{}"), ("median ms", "median_ms", "{:.3f}"),
     ("x vs ref", "speedup_vs_reference", "{:.2f}"), ("x vs ref compiled", "speedup_vs_reference_compiled", "{:.2f}"),
     ("peak MiB", "peak_mem_mb", "{:.0f}"), ("mem / ref", "mem_ratio_vs_reference", "{:.2f}"),
-    ("GB/s", "achieved_gbps", "{:.0f}"), ("of copy BW", "bw_fraction", "{:.0%}"),
+    ("clips/s", "clips_per_s", "{:.1f}"), ("GB/s", "achieved_gbps", "{:.0f}"), ("of copy BW", "bw_fraction", "{:.0%}"),
     ("floor ms", "floor_ms", "{:.3f}"), ("of floor", "floor_fraction", "{:.0%}"),
 ]
 
@@ -39,7 +39,7 @@ def _fmt(v, f):
 
 def markdown(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: (r["level"], r["case"], r["mode"], r["dtype"], r["provider"]))
-    first = rows[0]
+    first = next((r for r in rows if r.get("copy_gbps_device")), rows[0])
     out = [f"device: {first.get('device')}; torch {first.get('torch')}; triton {first.get('triton')}; "
            f"measured copy bandwidth {first.get('copy_gbps_device', 0):.0f} GB/s, "
            f"matmul {first.get('matmul_tflops_device', 0):.1f} TFLOP/s", "",
@@ -56,6 +56,9 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("speedup_vs_reference") is not None]  # loader rows: table only
+    if not rows:
+        return
     groups = sorted({(r["level"], r["case"], r["mode"], r["dtype"]) for r in rows})
     providers = [p for p in ("reference", "reference_compiled", "reference_channels_last", "fast",
                              "fast_compiled") if any(r["provider"] == p for r in rows)]

@@ -9,6 +9,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# A CUDA torchvision wheel beside a CPU-only torch cannot import (hence timm/open_clip): the library's
+# narrowly targeted fix, applied once for every test module that imports them.
+from stadapter_fast._compat import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()
+
 _real_empty, _real_empty_like = torch.empty, torch.empty_like
 
 

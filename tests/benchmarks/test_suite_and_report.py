@@ -24,6 +24,10 @@ def bench_json(tmp_path_factory):
 
 def test_benchmark_rows_carry_metrics(bench_json):
     rows = [b["extra_info"] for b in json.loads(bench_json.read_text())["benchmarks"]]
+    loader_rows = [r for r in rows if r["level"] == 0]
+    assert {r["provider"].split("-")[0] for r in loader_rows} == {"pyav", "dali"}
+    assert all(r["clips_per_s"] > 0 for r in loader_rows)
+    rows = [r for r in rows if r["level"] != 0]
     assert {r["level"] for r in rows} == {1, 2, 3}
     assert {r["provider"] for r in rows} == {"reference", "fast"}
     for r in rows:
@@ -41,7 +45,7 @@ def test_report_writes_table_and_chart(bench_json, tmp_path):
 
     assert main([str(bench_json), "--out-dir", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()
-    assert "| level | case | mode |" in md and "| fast |" in md and "device: cpu" in md
+    assert "| level | case | mode |" in md and "| fast |" in md and "| pyav |" in md
     png = (tmp_path / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

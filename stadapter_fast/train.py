@@ -1,0 +1,347 @@
+"""``stadapter-train`` / ``python -m stadapter_fast.train``: fine-tune an image ViT with ST-Adapters on a
+video classification dataset.
+
+With no arguments it trains a small ViT with FastSTAdapters on the embedded synthetic dataset (created
+under ./data/synthetic if absent). Real runs name a backbone and a dataset, e.g.::
+
+    stadapter-train --backbone open_clip:ViT-B-16 --pretrained openai --image-size 224 \\
+        --train-list k400/train.txt --val-list k400/val.txt --data-root k400 --num-classes 400 \\
+        --frames 8 --stride 16 --batch-size 64 --epochs 12 --lr 2.5e-4 --amp fp16 --backbone-dtype fp16
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m stadapter_fast.train ...`` (DDP; data sharded per rank).
+Outputs in ``--out``: ``metrics.jsonl``, ``summary.json``, ``curves.png``, ``last.pt`` (full
+checkpoint for ``--resume``) and ``adapters.safetensors`` (adapter-only export).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_DATA = "data/synthetic"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stadapter-train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = ap.add_argument_group("data")
+    d.add_argument("--data-root", default=DEFAULT_DATA, help="root of the list files' relative paths")
+    d.add_argument("--train-list", default=None, help="'path label' lines; default: DATA_ROOT/train.txt "
+                   "(the synthetic dataset is created there if DATA_ROOT is the default and missing)")
+    d.add_argument("--val-list", default=None, help="default: DATA_ROOT/val.txt")
+    d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
+    d.add_argument("--frames", type=int, default=8)
+    d.add_argument("--sampling", choices=["stride", "segments"], default="stride",
+                   help="stride: T frames STRIDE apart (Kinetics); segments: one per uniform segment (SSv2)")
+    d.add_argument("--stride", type=int, default=2)
+    d.add_argument("--image-size", type=int, default=32)
+    d.add_argument("--no-flip", action="store_true", help="no horizontal flips (SSv2-like, direction-sensitive data)")
+    d.add_argument("--test-temporal-views", type=int, default=1)
+    d.add_argument("--test-spatial-views", type=int, default=1)
+    d.add_argument("--loader", choices=["auto", "dali", "pyav"], default="auto",
+                   help="auto: DALI if installed, else the PyAV DataLoader")
+    d.add_argument("--workers", type=int, default=0, help="DataLoader workers / DALI threads (0: main process / 1 thread)")
+    d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
+                   help="skip (count and report at epoch end) or fail on the first unreadable/short video")
+    m = ap.add_argument_group("model")
+    m.add_argument("--backbone", default="timm:vit_tiny_patch16_224", help="timm:<name> or open_clip:<name>")
+    m.add_argument("--backbone-kwargs", default='{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}',
+                   help="JSON of constructor overrides ('{}' for the stock architecture)")
+    m.add_argument("--pretrained", default=None, help="timm: 'true'; open_clip: a tag such as 'openai' (downloads)")
+    m.add_argument("--method", choices=["st-adapter", "frame-only"], default="st-adapter",
+                   help="frame-only: the frozen backbone with no adapters (frame-averaged baseline)")
+    m.add_argument("--adapter-channels", type=int, default=32)
+    m.add_argument("--kernel-size", type=int, nargs=3, default=[3, 1, 1])
+    m.add_argument("--positions", nargs="+", default=["pre_mlp"], choices=["pre_attn", "pre_mlp"])
+    m.add_argument("--layers", default="all", help="'all', k (last k blocks) or comma-separated indices")
+    m.add_argument("--act", default=None, choices=["relu", "gelu", "gelu_tanh", "quick_gelu", "silu"])
+    m.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
+    m.add_argument("--dropout", type=float, default=0.5)
+    o = ap.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=12)
+    o.add_argument("--batch-size", type=int, default=16, help="per process")
+    o.add_argument("--grad-accum", type=int, default=1)
+    o.add_argument("--lr", type=float, default=3e-3, help="peak lr (the release: 1e-3 x total batch / 256)")
+    o.add_argument("--weight-decay", type=float, default=0.01)
+    o.add_argument("--warmup-epochs", type=float, default=1.0)
+    o.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="fp16 uses a GradScaler")
+    o.add_argument("--backbone-dtype", choices=["none", "fp16", "bf16"], default="none",
+                   help="cast the frozen backbone (the release: fp16, with --amp fp16)")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke tests)")
+    r = ap.add_argument_group("run")
+    r.add_argument("--out", default="runs/default")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    r.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _dist():
+    """(rank, world_size, local_rank); initialises torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        return torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def build_model(args, num_classes: int, device: torch.device):
+    from . import STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone
+
+    kwargs = json.loads(args.backbone_kwargs or "{}")
+    if args.backbone.startswith("timm:"):
+        kwargs.setdefault("img_size", args.image_size)
+    pretrained = args.pretrained
+    if isinstance(pretrained, str) and pretrained.lower() in ("true", "1", "yes"):
+        pretrained = True
+    backbone = create_backbone(args.backbone, pretrained=pretrained or False, **kwargs)
+    bdt = _DTYPES[args.backbone_dtype]
+    if args.method == "frame-only":
+        backbone.requires_grad_(False)
+        if bdt is not None:
+            backbone.to(bdt)
+    else:
+        layers = args.layers
+        if layers != "all":
+            layers = int(layers) if "," not in layers else [int(i) for i in layers.split(",")]
+        cfg = STAdapterConfig(adapter_channels=args.adapter_channels, kernel_size=tuple(args.kernel_size),
+                              act=args.act, positions=tuple(args.positions), layers=layers,
+                              impl=args.adapter_impl, backbone_dtype=bdt)
+        add_st_adapters(backbone, cfg, num_frames=args.frames)
+    return VideoClassifier(backbone, num_classes, num_frames=args.frames, dropout=args.dropout).to(device)
+
+
+def param_groups(model, weight_decay: float):
+    """AdamW groups as the release: no weight decay on biases and 1-D parameters."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype) -> dict:
+    model.eval()
+    correct1 = correct5 = n = 0
+    bad = []
+    for clips, labels, bad_paths in loader:
+        bad += bad_paths
+        if clips is None:
+            continue
+        clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+        if clips.dim() == 6:  # [B, V, 3, T, H, W]: multi-view, average the softmax over views
+            B, V = clips.shape[:2]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(clips.flatten(0, 1)).float().softmax(-1).view(B, V, -1).mean(1)
+        else:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(clips).float()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(-1).sum().item()
+        n += len(labels)
+    model.train()
+    return {"val_top1": correct1 / max(n, 1), "val_top5": correct5 / max(n, 1), "val_clips": n, "val_bad": len(bad)}
+
+
+def _plot(metrics: list, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ep = [m["epoch"] for m in metrics]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(ep, [m["train_loss"] for m in metrics], marker="o")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("train loss")
+    val = [(m["epoch"], m["val_top1"]) for m in metrics if "val_top1" in m]
+    if val:
+        ax[1].plot(*zip(*val), marker="o")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("val top-1")
+    ax[1].set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args) -> dict:
+    from .checkpoint import save_adapters
+    from .data import read_class_names, read_video_list
+    from .data.loaders import make_loaders
+
+    rank, world, local_rank = _dist()
+    device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(args.data_root)
+    if args.train_list is None and args.data_root == DEFAULT_DATA:
+        from .data.synthetic import ensure_synthetic
+
+        if rank == 0:
+            ensure_synthetic(root)
+        if world > 1:
+            torch.distributed.barrier()
+    train_items = read_video_list(args.train_list or root / "train.txt", root)
+    val_items = read_video_list(args.val_list or root / "val.txt", root)
+    classes = read_class_names(root / "classes.txt")
+    num_classes = args.num_classes or (len(classes) if classes else max(i.label for i in train_items) + 1)
+
+    _seed_everything(args.seed)
+    model = build_model(args, num_classes, device)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
+    steps_per_epoch = max(1, len(train_loader) // args.grad_accum)
+    total_steps = steps_per_epoch * args.epochs
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, int(args.warmup_epochs * steps_per_epoch)))
+    amp_dtype = _DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    start_epoch, step, metrics = 0, 0, []
+    ckpt_path = out / "last.pt"
+    if args.resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        model.load_state_dict({**model.state_dict(), **{k: v for k, v in ck["trainable"].items() if k in trainable}})
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        scaler.load_state_dict(ck["scaler"])
+        start_epoch, step, metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
+        _set_rng_state(ck["rng"])
+
+    from tqdm.auto import tqdm
+
+    t_start, train_time, train_clips = time.time(), 0.0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    done = args.max_steps is not None and step >= args.max_steps
+    for epoch in range(start_epoch, args.epochs):
+        if done:
+            break
+        train_loader.set_epoch(epoch)
+        model.train()
+        losses, bad, t0, n_clips = [], [], time.time(), 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or rank != 0,
+                   leave=False)
+        for i, (clips, labels, bad_paths) in enumerate(bar):
+            bad += bad_paths
+            if clips is None:
+                continue
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(ddp_model(clips), labels) / args.grad_accum
+            scaler.scale(loss).backward()
+            if (i + 1) % args.grad_accum == 0:
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                step += 1
+            losses.append(loss.item() * args.grad_accum)
+            n_clips += len(labels)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
+            if args.max_steps is not None and step >= args.max_steps:
+                done = True
+                break
+        dt = time.time() - t0
+        train_time += dt
+        train_clips += n_clips * world
+        rec = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": sched.get_last_lr()[0], "clips_per_s": n_clips * world / max(dt, 1e-9), "train_bad": len(bad)}
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs or done:
+            rec.update(evaluate(model, val_loader, device, amp_dtype))
+        if bad and rank == 0:
+            print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        metrics.append(rec)
+        if rank == 0:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            _atomic_save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "metrics": metrics,
+                          "rng": _rng_state(), "args": vars(args)}, ckpt_path)
+            if not args.quiet:
+                msg = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}
+                print(json.dumps(msg), flush=True)
+    last_val = next((m for m in reversed(metrics) if "val_top1" in m), {})
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+    summary = {"val_top1": last_val.get("val_top1"), "val_top5": last_val.get("val_top5"),
+               "clips_per_s": train_clips / train_time if train_time else None,
+               "peak_memory_mb": peak / 2 ** 20 if peak else None, "time_s": time.time() - t_start,
+               "epochs": len(metrics), "steps": step, "method": args.method, "loader": loader_kind,
+               "device": str(device), "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        _plot(metrics, out / "curves.png")
+        if args.method == "st-adapter":
+            save_adapters(model, out / "adapters.safetensors")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def main(argv: Optional[list] = None) -> dict:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

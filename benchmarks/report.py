@@ -16,6 +16,7 @@ COLUMNS = [  # (header, extra_info key, format)
     ("provider", "provider", "{}"), ("median ms", "median_ms", "{:.3f}"),
     ("x vs ref", "speedup_vs_reference", "{:.2f}"), ("x vs ref compiled", "speedup_vs_reference_compiled", "{:.2f}"),
     ("peak MiB", "peak_mem_mb", "{:.0f}"), ("mem / ref", "mem_ratio_vs_reference", "{:.2f}"),
+    ("saved act. MiB", "saved_activation_mb", "{:.0f}"), ("mem / ST-Adapter", "mem_ratio_vs_st_adapter", "{:.3f}"),
     ("clips/s", "clips_per_s", "{:.1f}"), ("GB/s", "achieved_gbps", "{:.0f}"), ("of copy BW", "bw_fraction", "{:.0%}"),
     ("floor ms", "floor_ms", "{:.3f}"), ("of floor", "floor_fraction", "{:.0%}"),
 ]

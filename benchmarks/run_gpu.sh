@@ -2,7 +2,8 @@
 # One visit to the GPU machine: GPU tests, then the GPU benchmark in phases (each with its own time
 # limit and JSON, so a slow phase still leaves the others' results), then the table and chart.
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/out)
-# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). ~9 minutes.
+# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). ~10 minutes at most:
+# tests 150 s + phases 200 + 120 + 90 + 60 s (each phase's JSON is kept if a later one times out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/out}}"
@@ -31,6 +32,9 @@ timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and no
 echo "== Phase C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
 timeout 90 $BENCH --no-compiled-baseline -k "test_model and bfloat16 and not compiled" \
   --benchmark-json="$OUT_DIR/phase_c.json" 2>&1 | tail -n 5
+
+echo "== Phase D: M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time"
+timeout 60 $BENCH -k "test_madapter" --benchmark-json="$OUT_DIR/phase_d.json" 2>&1 | tail -n 5
 
 echo "== Report"
 jsons=$(ls "$OUT_DIR"/phase_*.json 2>/dev/null)

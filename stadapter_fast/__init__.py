@@ -11,6 +11,7 @@ from .ops.dwconv_tokens import ACTIVATIONS, st_adapter_conv
 from .swap import swap_adapters
 from .integration import (STAdapterConfig, VideoClassifier, add_st_adapters, adapter_parameter_count,
                           count_parameters, create_backbone, set_num_frames)
+from .madapter import MAdapterConfig, MAdapterVideoClassifier
 from .checkpoint import load_adapters, read_adapter_metadata, save_adapters
 from ._compat import ensure_torchvision_importable
 
@@ -20,6 +21,8 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "FastSTAdapter",
+    "MAdapterConfig",
+    "MAdapterVideoClassifier",
     "STAdapterConfig",
     "STAdapterReference",
     "VideoClassifier",

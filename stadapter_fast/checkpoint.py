@@ -17,6 +17,12 @@ FORMAT = "stadapter-fast/adapters-v1"
 
 def _describe(model: nn.Module) -> dict:
     from .integration import VideoClassifier, _Arch
+    from .madapter import MAdapterVideoClassifier
+
+    if isinstance(model, MAdapterVideoClassifier):
+        return {"format": FORMAT, "backbone": _Arch(model.backbone).signature(),
+                "m_adapter_config": model.m_adapter_config.to_dict(),
+                "head": {"num_classes": model.num_classes, "num_frames": model.num_frames, "pool": model.pool}}
 
     backbone = model.backbone if isinstance(model, VideoClassifier) else model
     cfg = getattr(backbone, "st_adapter_config", None)
@@ -29,7 +35,8 @@ def _describe(model: nn.Module) -> dict:
 
 
 def save_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
-    """Write the trainable parameters of ``model`` (a backbone with adapters, or a VideoClassifier)
+    """Write the trainable parameters of ``model`` (a backbone with adapters, a VideoClassifier, or an
+    MAdapterVideoClassifier)
     and its config to ``path`` (safetensors). Written atomically. Returns the path."""
     from safetensors.torch import save_file
 
@@ -77,7 +84,7 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
 
     meta = read_adapter_metadata(path)
     mine = _describe(model)
-    for key in ("backbone", "adapter_config", "head"):
+    for key in ("backbone", "adapter_config", "m_adapter_config", "head"):
         if meta.get(key) != mine.get(key):
             raise ValueError(f"{path}: checkpoint {key} {meta.get(key)} does not match the model's {mine.get(key)}")
     tensors = load_file(str(path))

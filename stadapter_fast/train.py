@@ -57,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backbone-kwargs", default='{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}',
                    help="JSON of constructor overrides ('{}' for the stock architecture)")
     m.add_argument("--pretrained", default=None, help="timm: 'true'; open_clip: a tag such as 'openai' (downloads)")
-    m.add_argument("--method", choices=["st-adapter", "frame-only"], default="st-adapter",
-                   help="frame-only: the frozen backbone with no adapters (frame-averaged baseline)")
+    m.add_argument("--method", choices=["st-adapter", "m-adapter", "frame-only"], default="st-adapter",
+                   help="st-adapter: adapters inside the blocks; m-adapter: a multi-level side branch (no "
+                        "backprop through the backbone); frame-only: frozen backbone, frame-averaged baseline")
+    m.add_argument("--m-levels", default="1", help="M-Adapter levels: k (every k-th block, ending at the last; "
+                   "3 for a 12-block ViT) or comma-separated block indices")
+    m.add_argument("--m-width", type=int, default=32, help="M-Adapter branch width (e.g. 384 for ViT-B)")
+    m.add_argument("--m-fusion", choices=["add", "gate"], default="add")
     m.add_argument("--adapter-channels", type=int, default=32)
     m.add_argument("--kernel-size", type=int, nargs=3, default=[3, 1, 1])
     m.add_argument("--positions", nargs="+", default=["pre_mlp"], choices=["pre_attn", "pre_mlp"])
@@ -117,6 +122,13 @@ def build_model(args, num_classes: int, device: torch.device):
         pretrained = True
     backbone = create_backbone(args.backbone, pretrained=pretrained or False, **kwargs)
     bdt = _DTYPES[args.backbone_dtype]
+    if args.method == "m-adapter":
+        from .madapter import MAdapterConfig, MAdapterVideoClassifier
+
+        levels = int(args.m_levels) if "," not in args.m_levels else [int(i) for i in args.m_levels.split(",")]
+        cfg = MAdapterConfig(levels=levels, width=args.m_width, kernel_size=tuple(args.kernel_size),
+                             act=args.act or "gelu", fusion=args.m_fusion, impl=args.adapter_impl, backbone_dtype=bdt)
+        return MAdapterVideoClassifier(backbone, cfg, num_classes, num_frames=args.frames, dropout=args.dropout).to(device)
     if args.method == "frame-only":
         backbone.requires_grad_(False)
         if bdt is not None:
@@ -332,7 +344,7 @@ def run(args) -> dict:
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         _plot(metrics, out / "curves.png")
-        if args.method == "st-adapter":
+        if args.method != "frame-only":
             save_adapters(model, out / "adapters.safetensors")
     if world > 1:
         torch.distributed.destroy_process_group()

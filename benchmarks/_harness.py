@@ -34,6 +34,15 @@ def n_rotations(bytes_per_set: int) -> int:
     return max(1, min(8, math.ceil(2 * L2_BYTES / bytes_per_set)))
 
 
+def rotated_inputs(shape: tuple, dtype: torch.dtype, requires_grad: bool, seed: int):
+    """(inputs to rotate through, one random grad of the same shape): random data on the device."""
+    g = torch.Generator(device=device()).manual_seed(seed)
+    n = n_rotations(math.prod(shape) * torch.finfo(dtype).bits // 8)
+    xs = [torch.randn(shape, device=device(), dtype=dtype, generator=g).requires_grad_(requires_grad)
+          for _ in range(n)]
+    return xs, torch.randn(shape, device=device(), dtype=dtype, generator=g)
+
+
 def time_calls(fn: Callable[[int], object], warmup: int, rounds: int) -> list[float]:
     """Per-call seconds of ``fn(i)`` (i = call index, for input rotation), each call synchronized."""
     for i in range(warmup):

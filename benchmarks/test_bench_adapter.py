@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks._cases import AMP_DTYPES, PROVIDERS, SHAPES, VARIANTS, dtype_id
-from benchmarks._harness import device, n_rotations
+from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
 from stadapter_fast import FastSTAdapter, STAdapterReference
 from stadapter_fast.ops.dwconv_tokens import act_fwd
@@ -42,12 +42,8 @@ def make_adapter(provider, C, Ca, ks, act, compile_mode):
 
 def build_adapter(shape, ks, act, dtype, mode, provider, compile_mode):
     dev = device()
-    g = torch.Generator(device=dev).manual_seed(1)
-    es = torch.finfo(dtype).bits // 8
-    n = n_rotations(shape.N * shape.L * shape.C * es)
-    xs = [torch.randn(shape.N, shape.L, shape.C, device=dev, dtype=dtype, generator=g).requires_grad_(mode != "fwd")
-          for _ in range(n)]
-    dy = torch.randn(shape.N, shape.L, shape.C, device=dev, dtype=dtype, generator=g)
+    xs, dy = rotated_inputs((shape.N, shape.L, shape.C), dtype, mode != "fwd", seed=1)
+    n = len(xs)
     m, fn = make_adapter(provider, shape.C, shape.Ca, ks, act, compile_mode)
     T = shape.T
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from benchmarks._cases import OP_DTYPES, PROVIDERS, SHAPES, VARIANTS, dtype_id
-from benchmarks._harness import device, n_rotations
+from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
 from stadapter_fast import st_adapter_conv
 from stadapter_fast.ops.dwconv_tokens import act_fwd
@@ -22,11 +22,8 @@ def conv_reference(h, conv, act, T, grid, P, channels_last=False):
 def build_conv(shape, ks, act, dtype, mode, provider, compile_mode):
     dev = device()
     g = torch.Generator(device=dev).manual_seed(0)
-    es = torch.finfo(dtype).bits // 8
-    n = n_rotations(shape.N * shape.L * shape.Ca * es)
-    hs = [torch.randn(shape.N, shape.L, shape.Ca, device=dev, dtype=dtype, generator=g).requires_grad_(mode != "fwd")
-          for _ in range(n)]
-    dz = torch.randn(shape.N, shape.L, shape.Ca, device=dev, dtype=dtype, generator=g)
+    hs, dz = rotated_inputs((shape.N, shape.L, shape.Ca), dtype, mode != "fwd", seed=0)
+    n = len(hs)
     conv = nn.Conv3d(shape.Ca, shape.Ca, ks, padding=tuple(k // 2 for k in ks), groups=shape.Ca).to(dev, dtype)
     with torch.no_grad():
         conv.weight.normal_(0, 0.3, generator=g)

@@ -72,6 +72,18 @@ def _act_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
+def _tile_coords(M, C, H, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's token and channel offsets, masks, and each token's (frame row n, grid index s,
+    y, x) in the [N, H*W] patch layout."""
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    HW = H * W
+    s = offs_m % HW
+    return pid_m, offs_m, offs_c, offs_m < M, offs_c < C, offs_m // HW, s, s // W, s % W
+
+
+@triton.jit
 def _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
               KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, FLIP: tl.constexpr,
               ACC: tl.constexpr):
@@ -102,17 +114,7 @@ def _dwconv_tokens_kernel(
     FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_mask = offs_m < M
-    c_mask = offs_c < C
-    HW = H * W
-    n = offs_m // HW
-    s = offs_m % HW
-    yy = s // W
-    xx = s % W
+    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
     KTAPS: tl.constexpr = KT * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
     # A runtime loop over taps (not unrolled): (3,3,3) would otherwise bloat code and compile time.
@@ -142,18 +144,8 @@ def _dwconv_tokens_bwd_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_DPRE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_mask = offs_m < M
-    c_mask = offs_c < C
+    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
     mc_mask = m_mask[:, None] & c_mask[None, :]
-    HW = H * W
-    n = offs_m // HW
-    s = offs_m % HW
-    yy = s // W
-    xx = s % W
     KTAPS: tl.constexpr = KT * KH * KW
 
     dz_row = n.to(tl.int64) * sdz_n + (PDZ + s).to(tl.int64) * sdz_l

@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = ap.add_argument_group("data")
     d.add_argument("--data-root", default=DEFAULT_DATA, help="root of the list files' relative paths")
-    d.add_argument("--train-list", default=None, help="'path label' lines; default: DATA_ROOT/train.txt "
-                   "(the synthetic dataset is created there if DATA_ROOT is the default and missing)")
-    d.add_argument("--val-list", default=None, help="default: DATA_ROOT/val.txt")
+    d.add_argument("--train-list", default=None, help="'path label' lines, or a folder-per-class directory; default: "
+                   "DATA_ROOT/train.txt (the synthetic dataset is created there if DATA_ROOT is the default and missing)")
+    d.add_argument("--val-list", default=None, help="list file or folder-per-class directory; default: DATA_ROOT/val.txt")
     d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
     d.add_argument("--frames", type=int, default=8)
     d.add_argument("--sampling", choices=["stride", "segments"], default="stride",
@@ -203,7 +203,11 @@ def evaluate(model, loader, device, amp_dtype) -> dict:
         correct5 += (top == labels[:, None]).any(-1).sum().item()
         n += len(labels)
     model.train()
-    return {"val_top1": correct1 / max(n, 1), "val_top5": correct5 / max(n, 1), "val_clips": n, "val_bad": len(bad)}
+    counts = torch.tensor([correct1, correct5, n, len(bad)], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)  # each rank saw its shard: report the whole val set
+    correct1, correct5, n, nbad = (int(v) for v in counts.tolist())
+    return {"val_top1": correct1 / max(n, 1), "val_top5": correct5 / max(n, 1), "val_clips": n, "val_bad": nbad}
 
 
 def _plot(metrics: list, path: Path) -> None:
@@ -230,9 +234,19 @@ def _plot(metrics: list, path: Path) -> None:
     plt.close(fig)
 
 
+def _items(spec: Path, root: Path):
+    """(items, class names or None) from a list file or a folder-per-class directory."""
+    from .data import read_video_list
+    from .data.lists import read_folder_per_class
+
+    if spec.is_dir():
+        return read_folder_per_class(spec)
+    return read_video_list(spec, root), None
+
+
 def run(args) -> dict:
     from .checkpoint import save_adapters
-    from .data import read_class_names, read_video_list
+    from .data import read_class_names
     from .data.loaders import make_loaders
 
     rank, world, local_rank = _dist()
@@ -249,9 +263,9 @@ def run(args) -> dict:
             ensure_synthetic(root)
         if world > 1:
             torch.distributed.barrier()
-    train_items = read_video_list(args.train_list or root / "train.txt", root)
-    val_items = read_video_list(args.val_list or root / "val.txt", root)
-    classes = read_class_names(root / "classes.txt")
+    train_items, classes = _items(Path(args.train_list or root / "train.txt"), root)
+    val_items, _ = _items(Path(args.val_list or root / "val.txt"), root)
+    classes = read_class_names(root / "classes.txt") or classes
     num_classes = args.num_classes or (len(classes) if classes else max(i.label for i in train_items) + 1)
 
     _seed_everything(args.seed)

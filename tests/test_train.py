@@ -54,3 +54,18 @@ def test_frame_only_baseline_trains_only_the_head(data, tmp_path):
     s = main(args(data, tmp_path, "--loader", "pyav", "--method", "frame-only", "--epochs", "1"))
     assert s["trainable_params"] == 64 * 4 + 4
     assert not (tmp_path / "adapters.safetensors").exists()
+
+
+def test_folder_per_class_layout(data, tmp_path):
+    import shutil
+
+    for split in ("train", "val"):
+        for line in (data / f"{split}.txt").read_text().splitlines():
+            rel, label = line.rsplit(" ", 1)
+            dst = tmp_path / "folders" / split / f"class_{label}"
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / rel, dst)
+    s = main(["--data-root", str(tmp_path / "folders"), "--train-list", str(tmp_path / "folders" / "train"),
+              "--val-list", str(tmp_path / "folders" / "val"), "--out", str(tmp_path / "run"), "--batch-size", "8",
+              "--loader", "pyav", "--epochs", "1", "--quiet"])
+    assert s["steps"] == 2 and read_adapter_metadata(tmp_path / "run" / "adapters.safetensors")["head"]["num_classes"] == 4

@@ -328,6 +328,7 @@ def run(args) -> dict:
             if args.max_steps is not None and step >= args.max_steps:
                 done = True
                 break
+        opt.zero_grad(set_to_none=True)  # micro-batches left over from an incomplete accumulation
         dt = time.time() - t0
         train_time += dt
         train_clips += n_clips * world

@@ -1,0 +1,122 @@
+"""The release's approach, and the fallback when DALI is missing: PyAV decoding in DataLoader workers,
+clip sampling and augmentation in PyTorch."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .lists import VideoItem
+from .sampling import clip_indices
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be used: unreadable, truncated or too short. The message names the file."""
+
+
+def decode_video(path: str) -> np.ndarray:
+    """All frames of ``path`` as uint8 [N, H, W, 3]."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except Exception as e:  # av.error.*, OSError, ...
+        raise VideoDecodeError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+    if not frames:
+        raise VideoDecodeError(f"{path}: no decodable video frames")
+    return np.stack(frames)
+
+
+def augment(clip: torch.Tensor, size: int, train: bool, flip: bool, scale: tuple, rng: np.random.Generator,
+            spatial_view: int = 1, num_spatial_views: int = 1) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, size, size], CLIP-normalised.
+
+    Train: short side resized to ``size * s`` (s uniform in ``scale``), random crop, random flip.
+    Test: short side to ``size``, crop at view ``spatial_view`` of ``num_spatial_views`` along the long side.
+    """
+    x = clip.permute(0, 3, 1, 2).float().div_(255.0)  # T 3 H W
+    H, W = x.shape[-2:]
+    short = size * (rng.uniform(*scale) if train else 1.0)
+    nh, nw = max(size, round(H * short / min(H, W))), max(size, round(W * short / min(H, W)))
+    if (nh, nw) != (H, W):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    if train:
+        y0, x0 = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
+    else:
+        frac = (spatial_view + 0.5) / num_spatial_views if num_spatial_views > 1 else 0.5
+        y0 = round((nh - size) * (frac if nh > nw else 0.5))
+        x0 = round((nw - size) * (frac if nw >= nh else 0.5))
+    x = x[..., y0:y0 + size, x0:x0 + size]
+    if train and flip and rng.random() < 0.5:
+        x = x.flip(-1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).permute(1, 0, 2, 3).contiguous()  # 3 T H W
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """(clip [3, T, size, size], label) per item; in testing, each item yields all views
+    ([V, 3, T, size, size]). ``on_error="skip"`` returns None for a bad video (drop it with
+    :func:`collate_skip_bad`, which counts it); ``"raise"`` raises :class:`VideoDecodeError`."""
+
+    def __init__(self, items: Sequence[VideoItem], num_frames: int = 8, mode: str = "stride", stride: int = 2,
+                 size: int = 224, train: bool = True, flip: bool = True, scale: tuple = (1.0, 1.15),
+                 temporal_views: int = 1, spatial_views: int = 1, on_error: str = "skip", seed: int = 0):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.items, self.num_frames, self.mode, self.stride = list(items), num_frames, mode, stride
+        self.size, self.train, self.flip, self.scale = size, train, flip, scale
+        self.tv, self.sv, self.on_error, self.seed, self.epoch = temporal_views, spatial_views, on_error, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation randomness is a function of (seed, epoch, index): runs and resumes repeat exactly."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, i: int):
+        item = self.items[i]
+        video = decode_video(item.path)
+        if len(video) < self.num_frames:
+            raise VideoDecodeError(f"{item.path}: too short ({len(video)} frames, need {self.num_frames})")
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        video = torch.from_numpy(video)
+        if self.train:
+            idx = clip_indices(len(video), self.num_frames, self.mode, self.stride, True, rng=rng)
+            return augment(video[idx], self.size, True, self.flip, self.scale, rng), item.label
+        views = [augment(video[clip_indices(len(video), self.num_frames, self.mode, self.stride, False, tv, self.tv)],
+                         self.size, False, False, self.scale, rng, sv, self.sv)
+                 for tv in range(self.tv) for sv in range(self.sv)]
+        return torch.stack(views), item.label
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i)
+        except VideoDecodeError:
+            if self.on_error == "raise":
+                raise
+            return (None, self.items[i].path)
+
+
+def collate_skip_bad(batch):
+    """Default collate over the good samples; bad ones (None) are dropped and their paths returned."""
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[1] for b in batch if b[0] is None]
+    if not good:
+        return None, None, bad
+    clips, labels = torch.utils.data.default_collate(good)
+    return clips, labels, bad
+
+
+def make_pyav_loader(dataset: VideoClipDataset, batch_size: int, shuffle: bool, num_workers: int = 0,
+                     sampler: Optional[torch.utils.data.Sampler] = None, drop_last: bool = False):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                                       sampler=sampler, num_workers=num_workers, collate_fn=collate_skip_bad,
+                                       drop_last=drop_last, persistent_workers=False)

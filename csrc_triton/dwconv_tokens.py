@@ -192,6 +192,13 @@ def _blocks(M: int, C: int) -> tuple[int, int, int]:
     return 64, min(triton.next_power_of_2(C), 128), 4
 
 
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (e.g. cuda:1)."""
+    import contextlib
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _check_token_tensor(t: torch.Tensor) -> None:
     if t.stride(2) != 1:
         raise ValueError(f"token tensor must have unit channel stride, got strides {tuple(t.stride())}")
@@ -214,14 +221,15 @@ def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     BLOCK_M, BLOCK_C, warps = _blocks(M, C)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
     kt, kh, kw = kernel_size
-    _dwconv_tokens_kernel[grid](
-        h, h.stride(0), h.stride(1), p_in,
-        out, out.stride(0), out.stride(1), p_out,
-        w2d, bias if bias is not None else w2d,
-        M, C, T, H, W,
-        KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act,
-        ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
-    )
+    with _on_device(h):
+        _dwconv_tokens_kernel[grid](
+            h, h.stride(0), h.stride(1), p_in,
+            out, out.stride(0), out.stride(1), p_out,
+            w2d, bias if bias is not None else w2d,
+            M, C, T, H, W,
+            KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act,
+            ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
+        )
     return out
 
 
@@ -252,16 +260,17 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
     part = torch.empty((m_tiles, taps + 1, C), dtype=acc_t, device=h.device)
     store_dpre = act != 0
     dpre = torch.empty((M, C), dtype=h.dtype, device=h.device) if store_dpre else part
-    _dwconv_tokens_bwd_kernel[grid](
-        h, h.stride(0), h.stride(1), p,
-        dz, dz.stride(0), dz.stride(1), p,
-        dpre,
-        w2d, bias if bias is not None else w2d,
-        part,
-        M, C, T, H, W,
-        KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
-        ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
-    )
+    with _on_device(h):
+        _dwconv_tokens_bwd_kernel[grid](
+            h, h.stride(0), h.stride(1), p,
+            dz, dz.stride(0), dz.stride(1), p,
+            dpre,
+            w2d, bias if bias is not None else w2d,
+            part,
+            M, C, T, H, W,
+            KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
+            ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
+        )
     sums = part.sum(dim=0)  # fixed-order reduction over tiles: deterministic
     # grad of the input: transposed conv of dpre (or of dz itself when there is no activation).
     if store_dpre:

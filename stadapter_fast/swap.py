@@ -73,8 +73,9 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
         new = FastSTAdapter(old.fc1.in_features, old.fc1.out_features, kernel_size=tuple(old.conv.kernel_size),
                             backend=backend, **kw).to(device=w.device, dtype=w.dtype)
         new.load_state_dict(old.state_dict(), strict=True)
-        for (pn, p_new), (_, p_old) in zip(new.named_parameters(), old.named_parameters()):
-            p_new.requires_grad_(p_old.requires_grad)
+        old_params = dict(old.named_parameters())
+        for pn, p_new in new.named_parameters():
+            p_new.requires_grad_(old_params[pn].requires_grad)
         new.train(old.training)
         setattr(parent, name, new)
     return len(targets)

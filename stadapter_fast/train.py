@@ -162,6 +162,14 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
+def _optimizer_step(opt, sched, scaler, step: int) -> int:
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    return step + 1
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -174,11 +182,11 @@ def _rng_state():
 
 
 def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
+    torch.set_rng_state(s["torch"].cpu())
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
 
 
 @torch.no_grad()
@@ -249,6 +257,9 @@ def run(args) -> dict:
     from .data import read_class_names
     from .data.loaders import make_loaders
 
+    if args.backbone_dtype != "none" and args.amp == "none":
+        # an fp16/bf16 backbone with fp32 adapters needs autocast (the release's recipe)
+        args.amp = args.backbone_dtype
     rank, world, local_rank = _dist()
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -274,7 +285,7 @@ def run(args) -> dict:
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
-    steps_per_epoch = max(1, len(train_loader) // args.grad_accum)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.grad_accum))
     total_steps = steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, int(args.warmup_epochs * steps_per_epoch)))
@@ -285,7 +296,8 @@ def run(args) -> dict:
     if args.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # to CPU: the RNG states must stay CPU byte tensors; load_state_dict moves the rest to the params
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         model.load_state_dict({**model.state_dict(), **{k: v for k, v in ck["trainable"].items() if k in trainable}})
         opt.load_state_dict(ck["opt"])
@@ -305,7 +317,7 @@ def run(args) -> dict:
             break
         train_loader.set_epoch(epoch)
         model.train()
-        losses, bad, t0, n_clips = [], [], time.time(), 0
+        losses, bad, t0, n_clips, pending = [], [], time.time(), 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or rank != 0,
                    leave=False)
         for i, (clips, labels, bad_paths) in enumerate(bar):
@@ -316,19 +328,18 @@ def run(args) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(ddp_model(clips), labels) / args.grad_accum
             scaler.scale(loss).backward()
-            if (i + 1) % args.grad_accum == 0:
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                step += 1
+            pending += 1
+            if pending == args.grad_accum:
+                step = _optimizer_step(opt, sched, scaler, step)
+                pending = 0
             losses.append(loss.item() * args.grad_accum)
             n_clips += len(labels)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
             if args.max_steps is not None and step >= args.max_steps:
                 done = True
                 break
-        opt.zero_grad(set_to_none=True)  # micro-batches left over from an incomplete accumulation
+        if pending:  # micro-batches left over from an incomplete accumulation: step on them too
+            step = _optimizer_step(opt, sched, scaler, step)
         dt = time.time() - t0
         train_time += dt
         train_clips += n_clips * world

@@ -69,3 +69,30 @@ def test_folder_per_class_layout(data, tmp_path):
               "--val-list", str(tmp_path / "folders" / "val"), "--out", str(tmp_path / "run"), "--batch-size", "8",
               "--loader", "pyav", "--epochs", "1", "--quiet"])
     assert s["steps"] == 2 and read_adapter_metadata(tmp_path / "run" / "adapters.safetensors")["head"]["num_classes"] == 4
+
+
+def test_ddp_shards_have_equal_training_lengths(data):
+    """Ranks of a DDP run must take the same number of steps (else they deadlock in all-reduce)."""
+    from stadapter_fast.data import read_video_list
+    from stadapter_fast.data.loaders import PyAVLoader
+    from stadapter_fast.train import build_parser
+
+    items = read_video_list(data / "train.txt")[:15]
+    a = build_parser().parse_args(["--batch-size", "4"])
+    loaders = [PyAVLoader(items, a, True, rank, 2) for rank in (0, 1)]
+    assert [len(l._indices()) for l in loaders] == [7, 7] and [len(l) for l in loaders] == [1, 1]
+    shards = [set(l._indices()) for l in loaders]
+    assert not shards[0] & shards[1]
+    val = [PyAVLoader(items, a, False, rank, 2) for rank in (0, 1)]
+    assert sorted(i for l in val for i in l._indices()) == list(range(15))  # testing sees every clip once
+
+
+def test_grad_accum_steps_on_leftover_micro_batches(data, tmp_path):
+    # 2 batches per epoch, accumulation 4: one (partial) step per epoch instead of none
+    s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "2", "--grad-accum", "4"))
+    assert s["steps"] == 2
+
+
+def test_half_backbone_defaults_to_autocast(data, tmp_path):
+    s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "1", "--max-steps", "1", "--backbone-dtype", "bf16"))
+    assert s["steps"] == 1

@@ -28,7 +28,8 @@ def read_video_list(list_file: Union[str, os.PathLike], root: Union[str, os.Path
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            path, _, label = line.rpartition(" ")
+            parts = line.rsplit(None, 1)
+            path, label = (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
             if not path or not label.lstrip("-").isdigit() or int(label) < 0:
                 raise ValueError(f"{list_file}:{n}: expected 'relative/path label' with an int label >= 0, got {line!r}")
             items.append(VideoItem(str(root / path.strip()), int(label)))

@@ -9,6 +9,10 @@ DALI decoding is chosen per device and codec:
     reader decodes; otherwise PyAV decodes inside DALI through ``fn.external_source``.
 Augmentations run in DALI on the pipeline's device: scale jitter + random crop + optional flip in
 training, centre crop in testing, CLIP normalisation, output in ``[3, T, H, W]`` (VideoClassifier's layout).
+
+Known limits of the DALI paths: the reader takes one clip per video starting at its first frame (no
+temporal jitter in training; the first clip, not the centre one, in testing), testing is single-view,
+and DALI's augmentation RNG is not checkpointed (exact ``--resume`` needs the PyAV loader).
 """
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ class PyAVLoader:
     """PyAV DataLoader with a deterministic per-epoch order (seed, epoch) and rank sharding."""
 
     def __init__(self, items, args, train: bool, rank: int, world: int):
+        if world > 1 and train:
+            # every rank must run the same number of steps (DDP): drop bad files before sharding
+            items, bad, _ = probe(items, args.frames, args.on_bad_video)
+            if bad and rank == 0:
+                print(f"PyAV loader: skipping {len(bad)} bad video(s): " + ", ".join(bad[:5]))
         self.ds = VideoClipDataset(items, args.frames, args.sampling, args.stride, args.image_size, train,
                                    flip=not args.no_flip, temporal_views=1 if train else args.test_temporal_views,
                                    spatial_views=1 if train else args.test_spatial_views,
@@ -54,11 +63,14 @@ class PyAVLoader:
         n = len(self.ds)
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
                  if self.train else torch.arange(n))
-        return order[self.rank::self.world].tolist()
+        shard = order[self.rank::self.world]
+        # training: equal shard lengths on every rank (DDP steps in lockstep); testing: every clip once
+        return (shard[:n // self.world] if self.train else shard).tolist()
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.ds) / self.world)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if self.train:
+            return (len(self.ds) // self.world) // self.batch_size
+        return math.ceil(math.ceil(len(self.ds) / self.world) / self.batch_size)
 
     def __iter__(self):
         loader = make_pyav_loader(torch.utils.data.Subset(self.ds, self._indices()), self.batch_size, shuffle=False,
@@ -101,9 +113,9 @@ class DALILoader:
     def __init__(self, items, args, train: bool, device: torch.device, rank: int, world: int):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        span = (args.frames - 1) * args.stride + 1 if args.sampling == "stride" else args.frames
-        self.items, self.bad, codecs = probe(items, span if args.sampling == "stride" else args.frames,
-                                             args.on_bad_video)
+        # DALI's reader needs frames * stride frames for one clip (PyAV sampling needs fewer)
+        need = args.frames * args.stride if args.sampling == "stride" else args.frames
+        self.items, self.bad, codecs = probe(items, need, args.on_bad_video)
         if self.bad:
             print(f"DALI loader: skipping {len(self.bad)} bad video(s): " + ", ".join(self.bad[:5]))
         gpu = device.type == "cuda"
@@ -113,7 +125,8 @@ class DALILoader:
         self.kind = f"dali-{'gpu' if gpu else 'cpu'}-{'decoder' if self.mode == 'reader' else 'pyav-source'}"
         self.args, self.train, self.rank, self.world, self.epoch = args, train, rank, world, 0
         self.batch_size = args.batch_size
-        self.pipe = self._build(gpu, device.index if gpu else None)
+        device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+        self.pipe = self._build(gpu, device_id)
         self.pipe.build()
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
         if self.mode == "reader":
@@ -125,7 +138,8 @@ class DALILoader:
                                           last_batch_policy=policy, auto_reset=True)
 
     def _shard(self):
-        return self.items[self.rank::self.world]
+        shard = self.items[self.rank::self.world]
+        return shard[:len(self.items) // self.world] if self.train else shard  # equal lengths for DDP
 
     def _source(self, info):
         """external_source callback (one sample): PyAV decode + clip sampling, deterministic per epoch."""
@@ -184,8 +198,9 @@ class DALILoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.items) / self.world)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if self.train:
+            return (len(self.items) // self.world) // self.batch_size
+        return math.ceil(math.ceil(len(self.items) / self.world) / self.batch_size)
 
     def __iter__(self):
         for out in self.it:

@@ -17,9 +17,9 @@ def dataset(tmp_path_factory):
 
 
 def test_list_parser(tmp_path):
-    (tmp_path / "l.txt").write_text("# comment\na/b c.mp4 3\n\nx.webm 0\n")
+    (tmp_path / "l.txt").write_text("# comment\na/b c.mp4 3\n\nx.webm 0\ny.mp4\t2\n")
     items = read_video_list(tmp_path / "l.txt", root="/data")
-    assert [(i.path, i.label) for i in items] == [("/data/a/b c.mp4", 3), ("/data/x.webm", 0)]
+    assert [(i.path, i.label) for i in items] == [("/data/a/b c.mp4", 3), ("/data/x.webm", 0), ("/data/y.mp4", 2)]
     (tmp_path / "bad.txt").write_text("ok.mp4 1\nnolabel.mp4\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: expected 'relative/path label'"):
         read_video_list(tmp_path / "bad.txt")

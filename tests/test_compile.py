@@ -42,3 +42,15 @@ def test_compile_fullgraph_matches_eager(backend):
     assert_close(y_c, y_e, torch.float32, "y", factor=10)
     for a, b in zip(g_c, g_e):
         assert_close(a, b, torch.float32, "grad", factor=10)
+
+
+def test_compile_dynamic_shapes_with_inferred_grid():
+    torch._dynamo.reset()
+    m = FastSTAdapter(16, 8, (3, 1, 1), act="gelu", backend="torch")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    c = torch.compile(m, fullgraph=True, dynamic=True)
+    for n, L in ((4, 10), (8, 17)):
+        x = torch.randn(n, L, 16)
+        assert_close(c(x, 2), m(x, 2), torch.float32, "dynamic", factor=10)

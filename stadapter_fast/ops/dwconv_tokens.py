@@ -241,7 +241,7 @@ def resolve_grid(L: int, num_prefix_tokens: int, grid_size: Optional[Sequence[in
     if n <= 0:
         raise ValueError(f"token count L={L} leaves no patch tokens after num_prefix_tokens={num_prefix_tokens}")
     if grid_size is None:
-        side = math.isqrt(n)
+        side = int(n ** 0.5 + 0.5)  # not math.isqrt: this also traces with symbolic L (dynamic=True)
         if side * side != n:
             raise ValueError(f"L - num_prefix_tokens = {L} - {num_prefix_tokens} = {n} is not a square "
                              f"grid; pass grid_size=(H, W) for non-square grids")

@@ -10,6 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The CPU run of the benchmark suite (small shapes, seconds). On a GPU machine the same command runs
+# the full GPU matrix, which is benchmarks/run_gpu.sh's job, not a test's.
+pytestmark = pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                                reason="CPU benchmark check; on GPU use benchmarks/run_gpu.sh")
+
 
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory):

@@ -41,7 +41,7 @@ def compile_mode(request) -> str:
 
 def skip_unavailable(provider: str) -> None:
     """Compiled and cuDNN providers are GPU rows; the CPU run compares fast (torch path) vs reference."""
-    if H.device() != "cuda" and provider not in ("reference", "fast"):
+    if H.device() != "cuda" and provider not in ("reference", "fast", "fast_onepass"):
         pytest.skip(f"{provider} is benchmarked on GPU only (CPU runs compare fast vs reference)")
 
 

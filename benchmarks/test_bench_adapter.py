@@ -29,7 +29,8 @@ def make_adapter(provider, C, Ca, ks, act, compile_mode):
     cls = {"reference": STAdapterReference, "reference_channels_last": ReferenceChannelsLast}.get(
         provider.replace("_compiled", ""), FastSTAdapter)
     torch.manual_seed(0)
-    m = cls(C, Ca, ks, act=act).to(device())
+    kw = {"path": "one_pass"} if provider == "fast_onepass" else {}
+    m = cls(C, Ca, ks, act=act, **kw).to(device())
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.02)

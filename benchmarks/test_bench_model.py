@@ -6,7 +6,7 @@ import torch
 
 from benchmarks._cases import AMP_DTYPES, MODEL_PROVIDERS, dtype_id
 from benchmarks._harness import device
-from benchmarks._model import build_models
+from benchmarks._model import build_models, set_adapter_path
 from benchmarks.conftest import skip_unavailable
 
 CONFIGS = [("12x384", 1), ("24x384", 2)]
@@ -17,6 +17,8 @@ def build_model_step(config, dtype, mode, provider, compile_mode):
     frames, clips = (8, 32) if gpu else (8, 2)
     ref, fast, img = build_models(config[1], frames, dtype, gpu)
     model = (ref if provider.startswith("reference") else fast).to(device())
+    if provider == "fast_onepass":
+        set_adapter_path(model, "one_pass")
     fwd = torch.compile(model, mode=compile_mode) if provider.endswith("compiled") else model
     g = torch.Generator(device=device()).manual_seed(0)
     video = torch.randn(clips, 3, frames, img, img, device=device(), generator=g).to(dtype)

@@ -11,10 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._backend import BACKENDS
+from ._backend import BACKENDS, resolve_backend
+from .ops.adapter_onepass import adapter_onepass
+from .ops.dwconv_tokens import _check_conv_args as check_conv_args
 from .ops.dwconv_tokens import (act_fwd, check_grid_size, check_kernel_size, check_num_prefix_tokens,
                                 normalize_act, resolve_grid, st_adapter_conv)
 from .ops.fc2_residual import fc2_residual
+
+
+PATHS = ("auto", "two_pass", "one_pass")
 
 
 class _STAdapterBase(nn.Module):
@@ -94,16 +99,31 @@ class FastSTAdapter(_STAdapterBase):
 
     ``forward(x, T)``: ``x`` is ``[B*T, L, C]`` (frames of a clip consecutive); returns a new tensor
     of the same shape, dtype and device (``x`` is never modified, unlike the release's in-place add).
+
+    ``path``: "two_pass" (conv kernel, then fc2 + residual as one GEMM into ``x + b2``), "one_pass"
+    (conv + act + fc2 + b2 + residual in one kernel; backward recomputes the conv output from h, so
+    only x and h are kept), or "auto" (= "two_pass" until GPU measurements choose per shape class:
+    none exist yet).
     """
+
+    def __init__(self, *args, path: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path = path
 
     def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
         grid = self._check_input(x, T)
+        P = self.num_prefix_tokens
         # fc1 over all L rows of the contiguous input: the prefix rows cost 1/L of the GEMM and save
         # the strided-slice copy; the conv skips them.
         h = F.linear(x, self.fc1.weight, self.fc1.bias)
-        z = st_adapter_conv(h, self.conv.weight, self.conv.bias, T, grid, self.num_prefix_tokens,
-                            self.act, self.backend)
-        return fc2_residual(x, z, self.fc2.weight, self.fc2.bias, self.num_prefix_tokens)
+        if self.path == "one_pass":
+            check_conv_args(h, self.conv.weight, self.conv.bias, T)
+            return adapter_onepass(x, h, self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias, T,
+                                   grid[0], grid[1], P, self.act, resolve_backend(self.backend, x.device))
+        z = st_adapter_conv(h, self.conv.weight, self.conv.bias, T, grid, P, self.act, self.backend)
+        return fc2_residual(x, z, self.fc2.weight, self.fc2.bias, P)
 
 
 class STAdapterReference(_STAdapterBase):

@@ -66,6 +66,9 @@ def test_module_errors(cls):
         cls(16, 8, backend="cudnn")
     with pytest.raises(ValueError, match=r"grid_size must be None or two positive ints"):
         cls(16, 8, grid_size=(3,))
+    if cls is FastSTAdapter:
+        with pytest.raises(ValueError, match=r"path must be one of .* got 'fused'"):
+            cls(16, 8, path="fused")
     m = cls(16, 8)
     with pytest.raises(ValueError, match=r"x has 12 channels \(x.shape\[2\]\), expected in_channels=16"):
         m(torch.randn(4, 10, 12), 2)

@@ -20,9 +20,12 @@ def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return m
 
 
-def pair(C=40, Ca=24, ks=(3, 1, 1), act=None, P=1, grid=None, backend="torch", seed=0):
+PATHS = ["two_pass", "one_pass"]
+
+
+def pair(C=40, Ca=24, ks=(3, 1, 1), act=None, P=1, grid=None, backend="torch", seed=0, path="two_pass"):
     ref = randomize(STAdapterReference(C, Ca, ks, act=act, num_prefix_tokens=P, grid_size=grid), seed)
-    fast = FastSTAdapter(C, Ca, ks, act=act, num_prefix_tokens=P, grid_size=grid, backend=backend)
+    fast = FastSTAdapter(C, Ca, ks, act=act, num_prefix_tokens=P, grid_size=grid, backend=backend, path=path)
     fast.load_state_dict(ref.state_dict(), strict=True)
     return fast.to(DEVICE), ref.to(DEVICE)
 
@@ -55,8 +58,9 @@ def check_against_fp64(fast, ref, x, T, dtype, autocast=None):
 @pytest.mark.parametrize("ks", [(3, 1, 1), (3, 3, 3)], ids=lambda k: "k%d%d%d" % k)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", backends())
-def test_parity_with_reference(backend, dtype, ks, act):
-    fast, ref = pair(ks=ks, act=act, backend=backend)
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_with_reference(path, backend, dtype, ks, act):
+    fast, ref = pair(ks=ks, act=act, backend=backend, path=path)
     fast.to(dtype)
     x = torch.randn(2 * 4, 1 + 9, 40, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     check_against_fp64(fast, ref, x, 4, dtype)
@@ -64,8 +68,9 @@ def test_parity_with_reference(backend, dtype, ks, act):
 
 @pytest.mark.parametrize("P,grid,T", [(0, None, 2), (2, (2, 5), 8), (1, (4, 2), 1)])
 @pytest.mark.parametrize("backend", backends())
-def test_parity_prefix_tokens_and_grids(backend, P, grid, T):
-    fast, ref = pair(P=P, grid=grid, act="silu", backend=backend, seed=3)
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_prefix_tokens_and_grids(path, backend, P, grid, T):
+    fast, ref = pair(P=P, grid=grid, act="silu", backend=backend, seed=3, path=path)
     L = P + (grid[0] * grid[1] if grid else 9)
     x = torch.randn(2 * T, L, 40, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     check_against_fp64(fast, ref, x, T, torch.float32)
@@ -73,10 +78,11 @@ def test_parity_prefix_tokens_and_grids(backend, P, grid, T):
 
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("backend", backends())
-def test_autocast_recipe(backend, x_dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_autocast_recipe(path, backend, x_dtype):
     """The release's recipe: fp32 adapter parameters under bf16 autocast; frozen backbone's tokens in
     bf16 (or fp32). Output keeps x's dtype; parameter grads are fp32."""
-    fast, ref = pair(act="gelu", backend=backend, seed=4)
+    fast, ref = pair(act="gelu", backend=backend, seed=4, path=path)
     x = torch.randn(2 * 4, 10, 40, generator=torch.Generator().manual_seed(5)).to(DEVICE, x_dtype)
     check_against_fp64(fast, ref, x, 4, torch.bfloat16, autocast=torch.bfloat16)
 
@@ -93,8 +99,9 @@ def test_fresh_adapter_is_identity_and_input_untouched(backend):
 
 
 @pytest.mark.parametrize("backend", backends())
-def test_prefix_tokens_bit_identical_and_input_not_modified(backend):
-    fast, _ = pair(P=2, grid=(3, 3), act="relu", backend=backend)
+@pytest.mark.parametrize("path", PATHS)
+def test_prefix_tokens_bit_identical_and_input_not_modified(path, backend):
+    fast, _ = pair(P=2, grid=(3, 3), act="relu", backend=backend, path=path)
     x = torch.randn(4, 11, 40, device=DEVICE, requires_grad=True)
     x.data[0, 0, :4] = torch.tensor([-0.0, float("inf"), 1e-40, -3.0])
     x0 = x.detach().clone()
@@ -126,3 +133,28 @@ def test_module_is_thin_and_trainable_params_count():
     n = sum(p.numel() for p in m.parameters())
     assert n == 768 * 384 + 384 + 384 * 3 + 384 + 384 * 768 + 768
     assert 7.0e6 < 12 * n < 7.2e6
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_onepass_saves_only_x_and_h(backend):
+    """recompute: the one-pass path keeps no [N, L, Ca] conv output for backward."""
+    from stadapter_fast.memory import saved_activation_bytes
+
+    x = torch.randn(4, 10, 40, device=DEVICE, requires_grad=True)
+    saved = {}
+    for path in PATHS:
+        fast, _ = pair(act="gelu", backend=backend, path=path)
+        saved[path], _ = saved_activation_bytes(lambda: fast(x, 2))
+    h_bytes = 4 * 10 * 24 * 4
+    assert saved["two_pass"] - saved["one_pass"] >= h_bytes  # z ([N, L, Ca] fp32) is not kept
+
+
+def test_onepass_opcheck():
+    from tests._util import TRITON_OK
+
+    fast, _ = pair(act="gelu", path="one_pass")
+    x = torch.randn(4, 10, 40, device=DEVICE)
+    h = torch.nn.functional.linear(x, fast.fc1.weight, fast.fc1.bias).detach()
+    for backend in (["torch", "triton"] if TRITON_OK else ["torch"]):
+        args = (x, h, fast.conv.weight, fast.conv.bias, fast.fc2.weight, fast.fc2.bias, 2, 3, 3, 1, "gelu", backend)
+        torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_onepass.default, args)

@@ -33,11 +33,12 @@ def test_benchmark_rows_carry_metrics(bench_json):
     assert {r["provider"].split("-")[0] for r in loader_rows} == {"pyav", "dali"}
     assert all(r["clips_per_s"] > 0 for r in loader_rows)
     mem_rows = {r["provider"]: r for r in rows if r["case"] == "vitb16_8f_memory"}
-    assert set(mem_rows) == {"st-adapter_12x384", "m-adapter_w384_l3"}
+    assert set(mem_rows) == {"st-adapter_12x384", "m-adapter_w384_l3", "st-adapter_12x384_reference",
+                             "st-adapter_12x384_onepass"}
     assert mem_rows["m-adapter_w384_l3"]["mem_ratio_vs_st_adapter"] < 0.5
     rows = [r for r in rows if r["level"] != 0 and r["case"] != "vitb16_8f_memory"]
     assert {r["level"] for r in rows} == {1, 2, 3}
-    assert {r["provider"] for r in rows} == {"reference", "fast"}
+    assert {r["provider"] for r in rows} == {"reference", "fast", "fast_onepass"}
     for r in rows:
         assert r["median_ms"] > 0 and r["speedup_vs_reference"] > 0
         if r["level"] in (1, 2):

@@ -14,12 +14,13 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import csrc_triton.adapter_onepass as k1
 import csrc_triton.dwconv_tokens as k
 
-PTR_IO = {"X", "Y", "DZ", "DP"}          # activation-dtype pointers
-PTR_PARAM = {"Wt", "Bias"}              # parameter pointers (fp32 here; any float works)
+PTR_IO = {"X", "Y", "DZ", "DP", "Hh"}    # activation-dtype pointers
+PTR_PARAM = {"Wt", "Bias", "Wc", "Bc", "W2", "B2"}  # parameter pointers (fp32 here; any float works)
 PTR_ACC = {"PART"}                      # accumulation-dtype pointers
-DIVISIBLE = {"sx_n", "sx_l", "sy_n", "sy_l", "sdz_n", "sdz_l", "C"}  # JIT sees these as multiples of 16
+DIVISIBLE = {"sx_n", "sx_l", "sy_n", "sy_l", "sdz_n", "sdz_l", "sh_n", "sh_l", "C", "CA"}  # JIT sees these as multiples of 16
 TY = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
 KERNELS = [(3, 1, 1), (3, 3, 3), (1, 3, 3), (5, 1, 1)]
 
@@ -65,6 +66,13 @@ def variants():
             yield f"fwd-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=False, HAS_BIAS=True, ACT=2, **blk)
             yield f"flip-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=True, HAS_BIAS=False, ACT=0, **blk)
             yield f"bwd-{tag}", k._dwconv_tokens_bwd_kernel, io, dict(ks, HAS_BIAS=False, ACT=3, STORE_DPRE=True, **blk)
+    # the one-pass adapter tail (tensor-core dot for fp16/bf16, IEEE fp32/fp64 dot otherwise)
+    bm, bn, bk, _ = k1._blocks(384, 768)
+    for io, act_name in itertools.product(("fp16", "bf16", "fp32", "fp64"), ("none", "gelu", "quick_gelu")):
+        for kss in ((3, 1, 1), (3, 3, 3)):
+            consts = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, HAS_B2=True, ACT=k.ACTIVATIONS[act_name],
+                          DOT_IEEE=io in ("fp32", "fp64"), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            yield f"onepass-{io}-{act_name}-k{''.join(map(str, kss))}", k1._onepass_fwd_kernel, io, consts
 
 
 def main(archs):

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dwconv_tokens import INTERPRET, _acc_dtype, _act_fwd, _check_token_tensor, _on_device, _tap_tile
+from .dwconv_tokens import INTERPRET, _acc_dtype, _act_fwd, _check_token_tensor, _conv_tile, _on_device
 
 
 @triton.jit
@@ -40,19 +40,12 @@ def _onepass_fwd_kernel(
     s = offs_m % HW
     yy = s // W
     xx = s % W
-    KTAPS: tl.constexpr = KT * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, CA, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < CA
-        z = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
-        for tap in range(KTAPS):
-            v = _tap_tile(Hh, sh_n, sh_l, P, offs_k, k_mask, n, yy, xx, m_mask, T, H, W, tap,
-                          KT, KH, KW, False, ACC)
-            w = tl.load(Wc + offs_k * KTAPS + tap, mask=k_mask, other=0.0).to(ACC)
-            z += v * w[None, :]
-        if HAS_CB:
-            z += tl.load(Bc + offs_k, mask=k_mask, other=0.0).to(ACC)[None, :]
+        z = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
+                       KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
         if ACT != 0:
             z = _act_fwd(z, ACT)
         z = tl.where(m_mask[:, None] & k_mask[None, :], z, 0.0)

@@ -105,6 +105,23 @@ def _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
 
 
 @triton.jit
+def _conv_tile(X, sx_n, sx_l, P, Wt, Bias, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+               KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, FLIP: tl.constexpr,
+               HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """conv(X) (+ bias) for a [BLOCK_M tokens, BLOCK_C channels] tile; FLIP: the transposed conv.
+    A runtime loop over taps (not unrolled): (3,3,3) would otherwise bloat code and compile time."""
+    KTAPS: tl.constexpr = KT * KH * KW
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for tap in range(KTAPS):
+        v = _tap_tile(X, sx_n, sx_l, P, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap, KT, KH, KW, FLIP, ACC)
+        w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
+        acc += v * w[None, :]
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
+    return acc
+
+
+@triton.jit
 def _dwconv_tokens_kernel(
     X, sx_n, sx_l, PX,          # input tokens [N, L_in, C], prefix rows PX skipped
     Y, sy_n, sy_l, PY,          # output tokens [N, L_out, C], written at rows PY..PY+H*W
@@ -115,16 +132,8 @@ def _dwconv_tokens_kernel(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
-    KTAPS: tl.constexpr = KT * KH * KW
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-    # A runtime loop over taps (not unrolled): (3,3,3) would otherwise bloat code and compile time.
-    for tap in range(KTAPS):
-        v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
-                      KT, KH, KW, FLIP, ACC)
-        w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
-        acc += v * w[None, :]
-    if HAS_BIAS:
-        acc += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
+    acc = _conv_tile(X, sx_n, sx_l, PX, Wt, Bias, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+                     KT, KH, KW, FLIP, HAS_BIAS, ACC, BLOCK_M, BLOCK_C)
     if ACT != 0:
         acc = _act_fwd(acc, ACT)
     out_row = n.to(tl.int64) * sy_n + (PY + s).to(tl.int64) * sy_l
@@ -152,14 +161,8 @@ def _dwconv_tokens_bwd_kernel(
     dp = tl.load(DZ + dz_row[:, None] + offs_c[None, :], mask=mc_mask, other=0.0).to(ACC)
     if ACT != 0:
         # Recompute the pre-activation from the saved input (nothing but h is kept from forward).
-        pre = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-        for tap in range(KTAPS):
-            v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
-                          KT, KH, KW, False, ACC)
-            w = tl.load(Wt + offs_c * KTAPS + tap, mask=c_mask, other=0.0).to(ACC)
-            pre += v * w[None, :]
-        if HAS_BIAS:
-            pre += tl.load(Bias + offs_c, mask=c_mask, other=0.0).to(ACC)[None, :]
+        pre = _conv_tile(X, sx_n, sx_l, PX, Wt, Bias, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
+                         KT, KH, KW, False, HAS_BIAS, ACC, BLOCK_M, BLOCK_C)
         dp = dp * _act_grad(pre, ACT)
         dp = tl.where(mc_mask, dp, 0.0)
     if STORE_DPRE:

@@ -20,8 +20,9 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --bench
 } | tee "$OUT_DIR/env.txt"
 
 echo "== GPU tests"
-timeout 150 $PY -m pytest tests/test_gpu.py tests/ops/test_dwconv_tokens.py -q -x -p no:cacheprovider \
-  -k "gpu or (triton and (k311 or k333) and (none or gelu) and not gradcheck)" 2>&1 | tail -n 15 | tee "$OUT_DIR/gpu_tests.txt"
+timeout 150 $PY -m pytest tests/test_gpu.py tests/ops/test_dwconv_tokens.py tests/test_modules.py -q -x -p no:cacheprovider \
+  -k "gpu or (triton and (k311 or k333) and (none or gelu) and not gradcheck) or (test_modules and triton and bfloat16)" \
+  2>&1 | tail -n 15 | tee "$OUT_DIR/gpu_tests.txt"
 
 echo "== Phase A: every provider, ViT-B/16 8 frames, release kernel, bf16 (levels 1-2)"
 timeout 200 $BENCH -k "vitb16_8f and k311 and bfloat16 and (test_conv or test_adapter)" \

@@ -30,13 +30,14 @@ def test_conv_vitb_shape(dtype, ks, act):
         assert_close(a, r, dtype, n, factor=1.0 if n == "dh" else 4.0)
 
 
-def test_module_autocast_bf16_vitb():
+@pytest.mark.parametrize("path", ["two_pass", "one_pass"])
+def test_module_autocast_bf16_vitb(path):
     torch.manual_seed(0)
     ref = STAdapterReference(768, 384, (3, 1, 1)).cuda()
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0, 0.02)
-    fast = FastSTAdapter(768, 384, (3, 1, 1)).cuda()
+    fast = FastSTAdapter(768, 384, (3, 1, 1), path=path).cuda()
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(32 * 8, 197, 768, device="cuda", dtype=torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -46,6 +47,16 @@ def test_module_autocast_bf16_vitb():
     assert y.dtype == torch.bfloat16
     assert_close(y, y_ref, torch.bfloat16, "y")
     assert torch.equal(y[:, 0], x[:, 0])
+    # grads through the whole adapter (the one-pass backward recomputes z)
+    xg = x.detach().requires_grad_()
+    dy = torch.randn_like(y)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fast(xg, 8)
+    grads = torch.autograd.grad(out, [xg] + list(fast.parameters()), dy)
+    x64 = x.detach().double().requires_grad_()
+    rgrads = torch.autograd.grad(ref64(x64, 8), [x64] + list(ref64.parameters()), dy.double())
+    for a, b in zip(grads, rgrads):
+        assert_close(a, b, torch.bfloat16, "grad", factor=2.0)
 
 
 def test_compile_on_gpu():

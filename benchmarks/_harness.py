@@ -94,7 +94,6 @@ def device_rates() -> DeviceRates:
     a = torch.randn(mm, mm, device=dev, dtype=dt)
     b = torch.randn(mm, mm, device=dev, dtype=dt)
     t_mm = statistics.median(time_calls(lambda i: a @ b, 3, 10))
-    del src, dst, a, b
     _RATES[dev] = DeviceRates(2 * n_copy / t_copy / 1e9, 2 * mm ** 3 / t_mm / 1e12, name)
     return _RATES[dev]
 

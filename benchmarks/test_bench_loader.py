@@ -1,7 +1,5 @@
 """Loader throughput: clips/s of the DALI pipeline vs the PyAV DataLoader, same worker/thread count,
 on the synthetic dataset at 224x224, 8 frames (one training epoch per round)."""
-import time
-
 import pytest
 
 from benchmarks._harness import device, versions

@@ -52,7 +52,7 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
     uses the return value (``x = adapter(x, T)``, as the release's blocks do) behaves the same.
     """
     targets = []
-    for parent_name, parent in model.named_modules():
+    for _, parent in model.named_modules():
         for name, child in parent.named_children():
             if isinstance(child, FastSTAdapter) or not _is_official_adapter(child):
                 continue
@@ -64,7 +64,7 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
             kw = dict(act=None, num_prefix_tokens=1, grid_size=None)
             if hasattr(old, "act") or hasattr(old, "activation"):
                 warnings.warn(f"swap_adapters: {type(old).__name__} has an activation attribute; the swapped "
-                              f"FastSTAdapter uses act=None as the official release does")
+                              f"FastSTAdapter uses act=None as the official release does", stacklevel=2)
         if num_prefix_tokens is not None:
             kw["num_prefix_tokens"] = num_prefix_tokens
         if grid_size is not None:

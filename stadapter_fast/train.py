@@ -320,7 +320,7 @@ def run(args) -> dict:
         losses, bad, t0, n_clips, pending = [], [], time.time(), 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or rank != 0,
                    leave=False)
-        for i, (clips, labels, bad_paths) in enumerate(bar):
+        for clips, labels, bad_paths in bar:
             bad += bad_paths
             if clips is None:
                 continue

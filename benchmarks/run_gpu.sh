@@ -3,7 +3,7 @@
 # limit and JSON, so a slow phase still leaves the others' results), then the table and chart.
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/out)
 # Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). ~10 minutes at most:
-# tests 150 s + phases 200 + 120 + 90 + 60 s (each phase's JSON is kept if a later one times out).
+# tests 180 s + phases 200 + 120 + 90 + 60 s (each phase's JSON is kept if a later one times out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/out}}"
@@ -20,8 +20,9 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --bench
 } | tee "$OUT_DIR/env.txt"
 
 echo "== GPU tests"
-timeout 150 $PY -m pytest tests/test_gpu.py tests/ops/test_dwconv_tokens.py tests/test_modules.py -q -x -p no:cacheprovider \
-  -k "gpu or (triton and (k311 or k333) and (none or gelu) and not gradcheck) or (test_modules and triton and bfloat16)" \
+timeout 180 $PY -m pytest tests/test_gpu.py tests/csrc_triton/test_tuning_configs.py tests/ops/test_dwconv_tokens.py \
+  tests/test_modules.py -q -x -p no:cacheprovider \
+  -k "gpu or every_config or spaces or (triton and (k311 or k333) and (none or gelu) and not gradcheck) or (test_modules and triton and bfloat16)" \
   2>&1 | tail -n 15 | tee "$OUT_DIR/gpu_tests.txt"
 
 echo "== Phase A: every provider, ViT-B/16 8 frames, release kernel, bf16 (levels 1-2)"

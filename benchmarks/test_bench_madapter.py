@@ -1,5 +1,6 @@
 """M-Adapter vs ST-Adapter (12x384) on ViT-B/16, 8 frames: training-step time and activation memory;
-also ST-Adapter with reference adapters and with the one-pass path (memory of the adapter paths).
+also ST-Adapter with reference adapters and with the one-pass path, with and without recompute
+(memory of the adapter paths).
 
 GPU: 32 clips (B*T = 256), frozen backbone in bf16, branch/adapters fp32 under autocast; peak memory
 of a training step (``max_memory_allocated`` delta). CPU: 1 clip in fp32; the bytes autograd saves
@@ -23,17 +24,17 @@ def build(method, dtype):
     if method.startswith("st-adapter_12x384"):
         impl = "reference" if method.endswith("reference") else "fast"
         clf = VideoClassifier(add_st_adapters(bb, STAdapterConfig(backbone_dtype=dtype, impl=impl)), 400, 8)
-        if method.endswith("onepass"):
+        if "onepass" in method:
             from benchmarks._model import set_adapter_path
 
-            set_adapter_path(clf, "one_pass")
+            set_adapter_path(clf, "one_pass", recompute=not method.endswith("stored"))
     else:
         clf = MAdapterVideoClassifier(bb, MAdapterConfig(width=384, levels=3, backbone_dtype=dtype), 400, 8)
     return clf.to(device())
 
 
 @pytest.mark.parametrize("method", ["st-adapter_12x384", "m-adapter_w384_l3", "st-adapter_12x384_reference",
-                                    "st-adapter_12x384_onepass"])
+                                    "st-adapter_12x384_onepass", "st-adapter_12x384_onepass_stored"])
 def test_madapter_vs_st_adapter(benchmark, method):
     gpu = device() == "cuda"
     dtype = torch.bfloat16 if gpu else None

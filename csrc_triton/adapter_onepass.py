@@ -6,6 +6,15 @@ channels in chunks of BLOCK_K: it loads the conv window of ``h`` straight from t
 forms ``z = act(conv(h) + b)`` for that chunk in registers, and accumulates ``z @ W2^T`` with
 ``tl.dot``. Then it adds ``b2`` and the residual ``x`` tile and stores ``y``. Prefix rows are not
 touched (the launcher's caller copies them). ``z`` is recomputed once per BLOCK_N column tile.
+With ``STORE_PRE`` the first column tile also stores the pre-activation ``conv(h) + b`` (the
+``recompute=False`` option: backward then loads it instead of redoing the conv).
+
+The fused backward ``_onepass_bwd_kernel``, for a tile of BLOCK_M tokens and BLOCK_K bottleneck
+channels: ``dz = dy W2`` with ``tl.dot`` (looping over C in BLOCK_N chunks; dz never touches memory),
+the pre-activation recomputed from ``h`` (or loaded), ``z = act(pre)`` stored once for the ``dW2 =
+dy^T z`` GEMM, ``dpre = dz * act'(pre)`` stored for the transposed conv (it needs neighbouring
+tokens' dpre, which live in other tiles), and this tile's fp32 partial sums of the depthwise weight
+and bias gradients. The launcher then runs the transposed conv ``dh = conv^T(dpre)``.
 """
 from __future__ import annotations
 
@@ -13,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .dwconv_tokens import INTERPRET, _acc_dtype, _act_fwd, _check_token_tensor, _conv_tile, _on_device
+from .dwconv_tokens import (INTERPRET, TunedKernel, _acc_dtype, _act_fwd, _act_grad, _check_token_tensor, _conv_tile,
+                            _on_device, _store_wgrad_partials, _tile_coords, dwconv_tokens_fwd, sum_partials)
 
 
 @triton.jit
@@ -21,12 +31,13 @@ def _onepass_fwd_kernel(
     Hh, sh_n, sh_l,             # h = fc1(x) tokens [N, L, CA] (patch rows from P)
     X, sx_n, sx_l,              # residual tokens [N, L, C]
     Y, sy_n, sy_l,              # output tokens [N, L, C]
+    PRE, spre_n, spre_l,        # pre-activation out [N, L, CA] (written iff STORE_PRE)
     Wc, Bc,                     # conv weight [CA, taps] contiguous; conv bias [CA]
     W2, B2,                     # fc2 weight [C, CA] contiguous; fc2 bias [C]
     M, CA, C, T, H, W, P,
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HAS_CB: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-    DOT_IEEE: tl.constexpr,
+    DOT_IEEE: tl.constexpr, STORE_PRE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -46,6 +57,11 @@ def _onepass_fwd_kernel(
         k_mask = offs_k < CA
         z = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
                        KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
+        if STORE_PRE:
+            if pid_n == 0:
+                pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
+                tl.store(PRE + pre_row[:, None] + offs_k[None, :], z.to(PRE.dtype.element_ty),
+                         mask=m_mask[:, None] & k_mask[None, :])
         if ACT != 0:
             z = _act_fwd(z, ACT)
         z = tl.where(m_mask[:, None] & k_mask[None, :], z, 0.0)
@@ -63,40 +79,183 @@ def _onepass_fwd_kernel(
     tl.store(Y + y_row[:, None] + offs_n[None, :], (xv + acc).to(Y.dtype.element_ty), mask=mn_mask)
 
 
-def _blocks(CA: int, C: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps); one config (no GPU was available to tune it)."""
-    if INTERPRET:
-        return 128, min(triton.next_power_of_2(C), 256), min(triton.next_power_of_2(CA), 128), 4
-    return 64, 128, 32, 4
+@triton.jit
+def _onepass_bwd_kernel(
+    Hh, sh_n, sh_l,             # saved h tokens [N, L, CA]
+    DY, sdy_n, sdy_l,           # dy tokens [N, L, C]
+    PRE, spre_n, spre_l,        # saved pre-activation [N, L, CA] (read iff LOAD_PRE)
+    Z, sz_n, sz_l,              # z = act(pre) out [N, L, CA] (written iff STORE_Z)
+    DP,                         # dpre out, contiguous [M, CA]
+    Wc, Bc, W2,                 # conv weight [CA, taps], conv bias [CA], fc2 weight [C, CA] (contiguous)
+    PART,                       # fp32/fp64 partials [num_m_tiles, taps + 1, CA]
+    M, CA, C, T, H, W, P,
+    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    HAS_CB: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, DOT_IEEE: tl.constexpr,
+    LOAD_PRE: tl.constexpr, STORE_Z: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m, offs_m, offs_k, m_mask, k_mask, n, s, yy, xx = _tile_coords(M, CA, H, W, BLOCK_M, BLOCK_K)
+    mk_mask = m_mask[:, None] & k_mask[None, :]
+    # dz = dy W2 for this tile, in registers
+    dy_row = n.to(tl.int64) * sdy_n + (P + s).to(tl.int64) * sdy_l
+    dz = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+    for c0 in range(0, C, BLOCK_N):
+        offs_n = c0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < C
+        dyv = tl.load(DY + dy_row[:, None] + offs_n[None, :], mask=m_mask[:, None] & n_mask[None, :], other=0.0)
+        w2 = tl.load(W2 + offs_n[:, None] * CA + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        if DOT_IEEE:
+            dz += tl.dot(dyv.to(ACC), w2.to(ACC), input_precision="ieee")
+        else:  # tensor cores in the activation dtype (autocast's fc2 backward does the same)
+            dz += tl.dot(dyv.to(Hh.dtype.element_ty), w2.to(Hh.dtype.element_ty))
+    # the pre-activation: recomputed from h (recompute=True) or loaded
+    if LOAD_PRE:
+        pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
+        pre = tl.load(PRE + pre_row[:, None] + offs_k[None, :], mask=mk_mask, other=0.0).to(ACC)
+    else:
+        pre = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
+                         KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
+    if STORE_Z:
+        z = pre
+        if ACT != 0:
+            z = _act_fwd(pre, ACT)
+        z_row = n.to(tl.int64) * sz_n + (P + s).to(tl.int64) * sz_l
+        tl.store(Z + z_row[:, None] + offs_k[None, :], z.to(Z.dtype.element_ty), mask=mk_mask)
+    dp = dz
+    if ACT != 0:
+        dp = dz * _act_grad(pre, ACT)
+    dp = tl.where(mk_mask, dp, 0.0)
+    tl.store(DP + offs_m.to(tl.int64)[:, None] * CA + offs_k[None, :], dp.to(DP.dtype.element_ty), mask=mk_mask)
+    _store_wgrad_partials(PART, pid_m, dp, Hh, sh_n, sh_l, P, offs_k, k_mask, n, yy, xx, m_mask, CA, T, H, W,
+                          KT, KH, KW, ACC)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+def _fwd_interp(C: int, CA: int) -> dict:
+    return dict(BLOCK_M=128, BLOCK_N=min(triton.next_power_of_2(C), 256),
+                BLOCK_K=min(triton.next_power_of_2(CA), 128), num_warps=4)
+
+
+def _bwd_interp(C: int, CA: int) -> dict:
+    return dict(BLOCK_M=128, BLOCK_K=min(triton.next_power_of_2(CA), 128),
+                BLOCK_N=min(triton.next_power_of_2(C), 256), num_warps=4)
+
+
+#: GPU configs of the one-pass forward: (tokens, output channels, bottleneck chunk) tiles. Larger
+#: BLOCK_N recomputes z less often (C / BLOCK_N times); larger BLOCK_M re-reads W2 less.
+FWD_SPACE = [
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8),
+]
+#: GPU configs of the fused backward: (tokens, bottleneck channels, C chunk of the dz dot) tiles.
+#: Larger BLOCK_K re-reads dy less often (CA / BLOCK_K times).
+BWD_SPACE = [
+    dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_K=128, BLOCK_N=64, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_K=64, BLOCK_N=64, num_warps=8),
+    dict(BLOCK_M=128, BLOCK_K=128, BLOCK_N=32, num_warps=8),
+    dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=64, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128, num_warps=4),
+]
+_KEY = ["C", "CA", "T", "H", "W", "KT", "KH", "KW", "ACT"]
+onepass_fwd_kernel = TunedKernel(_onepass_fwd_kernel, FWD_SPACE, _KEY + ["STORE_PRE"], _fwd_interp)
+onepass_bwd_kernel = TunedKernel(_onepass_bwd_kernel, BWD_SPACE, _KEY + ["LOAD_PRE"], _bwd_interp)
+
+
+def _dot_ieee(dtype: torch.dtype) -> bool:
+    """IEEE fp32/fp64 dots for fp32/fp64 (no TF32), and in the interpreter (whose bf16 dot is wrong)."""
+    return INTERPRET or dtype in (torch.float32, torch.float64)
 
 
 def onepass_fwd(h: torch.Tensor, x: torch.Tensor, out: torch.Tensor, wc2d: torch.Tensor, bc, w2: torch.Tensor,
-                b2, T: int, H: int, W: int, P: int, kernel_size: tuple[int, int, int], act: int) -> torch.Tensor:
+                b2, T: int, H: int, W: int, P: int, kernel_size: tuple[int, int, int], act: int,
+                pre: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """Write ``x + act(conv(h) + bc) @ w2^T + b2`` into the patch rows of ``out`` ([N, L, C]).
 
     ``h``: [N, L, CA]; ``wc2d``: [CA, taps] contiguous; ``w2``: [C, CA] contiguous. Prefix rows of
-    ``out`` are not written."""
-    for t in (h, x, out):
+    ``out`` are not written. ``pre`` ([N, L, CA]): if given, its patch rows get ``conv(h) + bc``.
+    ``config``: force one launch config (default: autotuned on GPU)."""
+    for t in (h, x, out) + ((pre,) if pre is not None else ()):
         _check_token_tensor(t)
     N, L, CA = h.shape
     C = x.shape[2]
     M = N * H * W
     if M == 0:
         return out
-    BLOCK_M, BLOCK_N, BLOCK_K, warps = _blocks(CA, C)
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_N))
     kt, kh, kw = kernel_size
-    dot_ieee = INTERPRET or h.dtype in (torch.float32, torch.float64)
+    pre_t = pre if pre is not None else h
     with _on_device(h):
-        _onepass_fwd_kernel[grid](
-            h, h.stride(0), h.stride(1),
-            x, x.stride(0), x.stride(1),
-            out, out.stride(0), out.stride(1),
-            wc2d, bc if bc is not None else wc2d,
-            w2, b2 if b2 is not None else w2,
-            M, CA, C, T, H, W, P,
-            KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, HAS_B2=b2 is not None, ACT=act,
-            ACC=_acc_dtype(h.dtype), DOT_IEEE=dot_ieee,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=warps,
-        )
+        onepass_fwd_kernel.launch(
+            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_N"])),
+            (h, h.stride(0), h.stride(1),
+             x, x.stride(0), x.stride(1),
+             out, out.stride(0), out.stride(1),
+             pre_t, pre_t.stride(0), pre_t.stride(1),
+             wc2d, bc if bc is not None else wc2d,
+             w2, b2 if b2 is not None else w2,
+             M, CA, C, T, H, W, P),
+            dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, HAS_B2=b2 is not None, ACT=act,
+                 ACC=_acc_dtype(h.dtype), DOT_IEEE=_dot_ieee(h.dtype), STORE_PRE=pre is not None),
+            dict(C=C, CA=CA), config)
     return out
+
+
+def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2d: torch.Tensor, bc,
+                w2: torch.Tensor, T: int, H: int, W: int, P: int, kernel_size: tuple[int, int, int], act: int,
+                config: dict | None = None, flip_config: dict | None = None):
+    """The one-pass tail's backward, but for the ``dW2 = dy^T z`` and ``db2`` reductions (GEMMs).
+
+    ``dy``: [N, L, C]; ``h``: [N, L, CA] (fc1's output); ``pre``: the saved ``conv(h) + bc`` or None
+    (recomputed). Returns ``(z, dh, dwc, dbc)``: ``z = act(pre)`` [N, L, CA] with zero prefix rows (for
+    the dW2 GEMM; ``pre`` itself when there is no activation), ``dh`` [N, L, CA] (prefix rows zero),
+    ``dwc`` [CA, taps] and ``dbc`` [CA] in the accumulation dtype. ``config`` / ``flip_config``:
+    force the fused kernel's / the transposed conv's launch config."""
+    for t in (dy, h) + ((pre,) if pre is not None else ()):
+        _check_token_tensor(t)
+    N, L, CA = h.shape
+    C = dy.shape[2]
+    M = N * H * W
+    kt, kh, kw = kernel_size
+    taps = kt * kh * kw
+    acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+    store_z = pre is None or act != 0
+    if store_z:
+        z = torch.empty((N, L, CA), dtype=h.dtype, device=h.device)
+        z[:, :P].zero_()
+    else:
+        z = pre
+    dh = torch.empty((N, L, CA), dtype=h.dtype, device=h.device)
+    dh[:, :P].zero_()
+    if M == 0:
+        zero = torch.zeros((CA, taps + 1), dtype=acc_t, device=h.device)
+        return z, dh, zero[:, :taps], zero[:, taps]
+    shape = dict(C=C, CA=CA)
+    part = torch.empty((onepass_bwd_kernel.max_programs("BLOCK_M", M, shape, config), taps + 1, CA),
+                       dtype=acc_t, device=h.device)
+    dpre = torch.empty((M, CA), dtype=h.dtype, device=h.device)
+    pre_t = pre if pre is not None else h
+    with _on_device(h):
+        ran = onepass_bwd_kernel.launch(
+            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(CA, meta["BLOCK_K"])),
+            (h, h.stride(0), h.stride(1),
+             dy, dy.stride(0), dy.stride(1),
+             pre_t, pre_t.stride(0), pre_t.stride(1),
+             z, z.stride(0), z.stride(1),
+             dpre,
+             wc2d, bc if bc is not None else wc2d, w2,
+             part,
+             M, CA, C, T, H, W, P),
+            dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, ACT=act, ACC=_acc_dtype(h.dtype),
+                 DOT_IEEE=_dot_ieee(h.dtype), LOAD_PRE=pre is not None, STORE_Z=store_z),
+            shape, config)
+        sums = sum_partials(part, M, ran)
+        dwconv_tokens_fwd(dpre.view(N, H * W, CA), wc2d, None, dh, T, H, W, 0, P, kernel_size, 0, flip=True,
+                          config=flip_config)
+    return z, dh, sums[:taps].t(), sums[taps]

@@ -122,6 +122,21 @@ def _conv_tile(X, sx_n, sx_l, P, Wt, Bias, offs_c, c_mask, n, yy, xx, m_mask, T,
 
 
 @triton.jit
+def _store_wgrad_partials(PART, pid_m, dp, X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, C, T, H, W,
+                          KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr):
+    """This tile's share of the depthwise weight and bias gradients, ``PART[pid_m, tap, c] =
+    sum_m dp[m, c] * X[m + off(tap), c]`` and ``PART[pid_m, taps, c] = sum_m dp[m, c]`` (``dp`` is 0
+    outside the tile's valid rows and channels)."""
+    KTAPS: tl.constexpr = KT * KH * KW
+    part = PART + pid_m.to(tl.int64) * (KTAPS + 1) * C + offs_c
+    for tap in range(KTAPS):
+        v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
+                      KT, KH, KW, False, ACC)
+        tl.store(part + tap * C, tl.sum(dp * v, axis=0), mask=c_mask)
+    tl.store(part + KTAPS * C, tl.sum(dp, axis=0), mask=c_mask)
+
+
+@triton.jit
 def _dwconv_tokens_kernel(
     X, sx_n, sx_l, PX,          # input tokens [N, L_in, C], prefix rows PX skipped
     Y, sy_n, sy_l, PY,          # output tokens [N, L_out, C], written at rows PY..PY+H*W
@@ -155,7 +170,6 @@ def _dwconv_tokens_bwd_kernel(
 ):
     pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
     mc_mask = m_mask[:, None] & c_mask[None, :]
-    KTAPS: tl.constexpr = KT * KH * KW
 
     dz_row = n.to(tl.int64) * sdz_n + (PDZ + s).to(tl.int64) * sdz_l
     dp = tl.load(DZ + dz_row[:, None] + offs_c[None, :], mask=mc_mask, other=0.0).to(ACC)
@@ -169,12 +183,8 @@ def _dwconv_tokens_bwd_kernel(
         dp_row = offs_m.to(tl.int64) * C
         tl.store(DP + dp_row[:, None] + offs_c[None, :], dp.to(DP.dtype.element_ty), mask=mc_mask)
 
-    part = PART + pid_m.to(tl.int64) * (KTAPS + 1) * C + offs_c
-    for tap in range(KTAPS):
-        v = _tap_tile(X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, T, H, W, tap,
-                      KT, KH, KW, False, ACC)
-        tl.store(part + tap * C, tl.sum(dp * v, axis=0), mask=c_mask)
-    tl.store(part + KTAPS * C, tl.sum(dp, axis=0), mask=c_mask)
+    _store_wgrad_partials(PART, pid_m, dp, X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, C, T, H, W,
+                          KT, KH, KW, ACC)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,11 +198,71 @@ def _acc_dtype(dtype: torch.dtype):
     return _TL_ACC.get(dtype, tl.float32)
 
 
-def _blocks(M: int, C: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_C, num_warps). The interpreter pays per program, so it gets big tiles."""
-    if INTERPRET:
-        return 256, min(triton.next_power_of_2(C), 512), 4
-    return 64, min(triton.next_power_of_2(C), 128), 4
+class TunedKernel:
+    """A ``@triton.jit`` kernel with its launch configurations.
+
+    On a GPU, launches go through ``triton.autotune`` over ``space`` (a small list of dicts of block
+    sizes and ``num_warps``), timed once per ``key`` (shape class + constexpr variant + dtypes).
+    Under the interpreter (which cannot time, and pays ~7 ms per program) there is one config,
+    ``interp(**shape)``, with big tiles. ``config=`` (a dict) or the ``forced`` attribute forces one
+    config, so tests can run every GPU config through the interpreter."""
+
+    def __init__(self, kernel, space: list[dict], key: list[str], interp):
+        self.kernel = kernel
+        self.space = space
+        self.interp = interp
+        #: a config every launch uses (tests set it to force small tiles); None: tune / interp.
+        self.forced: dict | None = None
+        self.tuned = None
+        if not INTERPRET:
+            cfgs = [triton.Config({k: v for k, v in d.items() if not k.startswith("num_")},
+                                  num_warps=d.get("num_warps", 4), num_stages=d.get("num_stages", 3))
+                    for d in space]
+            self.tuned = triton.autotune(configs=cfgs, key=key)(kernel)
+
+    def _pick(self, shape: dict, config: dict | None) -> dict | None:
+        if config is None:
+            config = self.forced
+        if config is None and INTERPRET:
+            config = self.interp(**shape)
+        return config
+
+    def launch(self, grid, args: tuple, consts: dict, shape: dict, config: dict | None = None) -> dict:
+        """Launch with ``grid(meta)``; returns the meta-parameters that ran (the tuner's pick on GPU)."""
+        config = self._pick(shape, config)
+        if config is not None:
+            self.kernel[grid(config)](*args, **consts, **config)
+            return config
+        self.tuned[grid](*args, **consts)
+        best = getattr(self.tuned, "best_config", None)
+        if best is None:  # every Triton 3.x Autotuner sets it; refuse to guess
+            raise RuntimeError("triton.autotune did not report its chosen config (best_config)")
+        return dict(best.kwargs, num_warps=best.num_warps)
+
+    def max_programs(self, dim: str, size: int, shape: dict, config: dict | None = None) -> int:
+        """The most programs along a grid axis tiled by meta-parameter ``dim`` over any config that
+        may run (to size per-program outputs before the tuner picks)."""
+        config = self._pick(shape, config)
+        blocks = [config[dim]] if config is not None else [d[dim] for d in self.space]
+        return triton.cdiv(size, min(blocks))
+
+
+def _conv_interp(C: int) -> dict:
+    return dict(BLOCK_M=256, BLOCK_C=min(triton.next_power_of_2(C), 512), num_warps=4)
+
+
+#: GPU configs of the two conv kernels (bandwidth-bound: tile shape and warps).
+CONV_SPACE = [
+    dict(BLOCK_M=64, BLOCK_C=128, num_warps=4),
+    dict(BLOCK_M=32, BLOCK_C=128, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_C=64, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_C=128, num_warps=8),
+    dict(BLOCK_M=256, BLOCK_C=64, num_warps=8),
+    dict(BLOCK_M=64, BLOCK_C=64, num_warps=2),
+]
+_CONV_KEY = ["C", "T", "H", "W", "KT", "KH", "KW", "ACT"]
+conv_fwd_kernel = TunedKernel(_dwconv_tokens_kernel, CONV_SPACE, _CONV_KEY + ["FLIP", "HAS_BIAS"], _conv_interp)
+conv_bwd_kernel = TunedKernel(_dwconv_tokens_bwd_kernel, CONV_SPACE, _CONV_KEY + ["HAS_BIAS"], _conv_interp)
 
 
 def _on_device(t: torch.Tensor):
@@ -209,11 +279,13 @@ def _check_token_tensor(t: torch.Tensor) -> None:
 
 def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                       out: torch.Tensor, T: int, H: int, W: int, p_in: int, p_out: int,
-                      kernel_size: tuple[int, int, int], act: int, flip: bool = False) -> torch.Tensor:
+                      kernel_size: tuple[int, int, int], act: int, flip: bool = False,
+                      config: dict | None = None) -> torch.Tensor:
     """Write ``act(conv(h) + bias)`` for the patch rows of ``out`` (rows ``p_out..``).
 
     ``h``: [N, L_in, C] (patch rows from ``p_in``), ``w2d``: [C, kt*kh*kw] contiguous,
     ``out``: [N, L_out, C]. Prefix rows of ``out`` are not touched. ``flip`` gives the transposed conv.
+    ``config``: force one launch config (see :class:`TunedKernel`); default: autotuned on GPU.
     """
     _check_token_tensor(h)
     _check_token_tensor(out)
@@ -221,26 +293,25 @@ def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     M = N * H * W
     if M == 0:
         return out
-    BLOCK_M, BLOCK_C, warps = _blocks(M, C)
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
     kt, kh, kw = kernel_size
     with _on_device(h):
-        _dwconv_tokens_kernel[grid](
-            h, h.stride(0), h.stride(1), p_in,
-            out, out.stride(0), out.stride(1), p_out,
-            w2d, bias if bias is not None else w2d,
-            M, C, T, H, W,
-            KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act,
-            ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
-        )
+        conv_fwd_kernel.launch(
+            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"])),
+            (h, h.stride(0), h.stride(1), p_in,
+             out, out.stride(0), out.stride(1), p_out,
+             w2d, bias if bias is not None else w2d,
+             M, C, T, H, W),
+            dict(KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act, ACC=_acc_dtype(h.dtype)),
+            dict(C=C), config)
     return out
 
 
 def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
                       bias: torch.Tensor | None, T: int, H: int, W: int, p: int,
-                      kernel_size: tuple[int, int, int], act: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      kernel_size: tuple[int, int, int], act: int, config: dict | None = None,
+                      flip_config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``z = act(conv(h) + bias)`` given ``dz`` (same layout as z, prefix rows ignored).
+    ``config`` / ``flip_config``: force the configs of the backward and transposed-conv kernels.
 
     Returns ``(dh, dw2d, dbias)``: ``dh`` shaped like ``h`` (contiguous, prefix rows zero),
     ``dw2d`` [C, taps] and ``dbias`` [C] in the accumulation dtype (fp32, or fp64 for fp64 input).
@@ -257,28 +328,34 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
     if M == 0:
         z = torch.zeros((C, taps), dtype=acc_t, device=h.device)
         return dh, z, z[:, 0].clone()
-    BLOCK_M, BLOCK_C, warps = _blocks(M, C)
-    m_tiles = triton.cdiv(M, BLOCK_M)
-    grid = (m_tiles, triton.cdiv(C, BLOCK_C))
-    part = torch.empty((m_tiles, taps + 1, C), dtype=acc_t, device=h.device)
+    shape = dict(C=C)
+    part = torch.empty((conv_bwd_kernel.max_programs("BLOCK_M", M, shape, config), taps + 1, C),
+                       dtype=acc_t, device=h.device)
     store_dpre = act != 0
     dpre = torch.empty((M, C), dtype=h.dtype, device=h.device) if store_dpre else part
     with _on_device(h):
-        _dwconv_tokens_bwd_kernel[grid](
-            h, h.stride(0), h.stride(1), p,
-            dz, dz.stride(0), dz.stride(1), p,
-            dpre,
-            w2d, bias if bias is not None else w2d,
-            part,
-            M, C, T, H, W,
-            KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
-            ACC=_acc_dtype(h.dtype), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=warps,
-        )
-    sums = part.sum(dim=0)  # fixed-order reduction over tiles: deterministic
+        ran = conv_bwd_kernel.launch(
+            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"])),
+            (h, h.stride(0), h.stride(1), p,
+             dz, dz.stride(0), dz.stride(1), p,
+             dpre,
+             w2d, bias if bias is not None else w2d,
+             part,
+             M, C, T, H, W),
+            dict(KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
+                 ACC=_acc_dtype(h.dtype)),
+            shape, config)
+    sums = sum_partials(part, M, ran)
     # grad of the input: transposed conv of dpre (or of dz itself when there is no activation).
     if store_dpre:
         src, src_p = dpre.view(N, H * W, C), 0
     else:
         src, src_p = dz, p
-    dwconv_tokens_fwd(src, w2d, None, dh, T, H, W, src_p, p, kernel_size, 0, flip=True)
+    dwconv_tokens_fwd(src, w2d, None, dh, T, H, W, src_p, p, kernel_size, 0, flip=True, config=flip_config)
     return dh, sums[:taps].t(), sums[taps]
+
+
+def sum_partials(part: torch.Tensor, M: int, ran: dict) -> torch.Tensor:
+    """Sum the per-tile partials that the launch wrote (``cdiv(M, BLOCK_M)`` rows of ``part``, which
+    may have room for more), in a fixed order: deterministic for a given config."""
+    return part[:triton.cdiv(M, ran["BLOCK_M"])].sum(dim=0)

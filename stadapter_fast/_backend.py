@@ -56,3 +56,33 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                          "tensors to CUDA, or use backend='torch'")
     raise ValueError(f"backend='triton' supports CUDA (or CPU via TRITON_INTERPRET=1) tensors, "
                      f"got device {device}")
+
+
+PATHS = ("auto", "two_pass", "one_pass")
+
+#: What ``path="auto"`` runs, per (backend that runs, shape class), with the measurement behind it.
+#: Shape classes: "temporal" = kernel (kt, 1, 1) (the release's (3, 1, 1)), "spatial" = kh*kw > 1.
+AUTO_PATH = {
+    # CPU, 2 cores, cpu_small (B=2, T=8, 8x8 grid, C=96, Ca=48), fp32 and bf16-autocast, adapter
+    # fwd+bwd vs the reference (benchmarks/RESULTS.md, commit 6afcdcb): two_pass 1.20-1.31x,
+    # one_pass 1.10-1.16x. The torch one-pass recomputes the conv in backward and saves nothing by it
+    # on CPU (no fused kernel there), so two_pass wins both shape classes.
+    ("torch", "temporal"): "two_pass",
+    ("torch", "spatial"): "two_pass",
+    # Triton (GPU): NOT MEASURED yet -- no GPU was available to the sessions that wrote the one-pass
+    # kernels. two_pass until benchmarks/run_gpu.sh phase B (fast vs fast_onepass) says otherwise;
+    # one_pass is the memory-saving choice (keeps only x and h).
+    ("triton", "temporal"): "two_pass",
+    ("triton", "spatial"): "two_pass",
+}
+
+
+def resolve_path(path: str, backend: str, kernel_size: tuple[int, int, int]) -> str:
+    """Map ``FastSTAdapter``'s ``path`` to the one that runs ("two_pass" or "one_pass") for a resolved
+    ``backend`` ("triton"/"torch"); ``"auto"`` looks up :data:`AUTO_PATH`."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path != "auto":
+        return path
+    shape_class = "temporal" if kernel_size[1] * kernel_size[2] == 1 else "spatial"
+    return AUTO_PATH[(backend, shape_class)]

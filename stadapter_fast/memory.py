@@ -10,12 +10,12 @@ def saved_activation_bytes(fn: Callable[[], object]) -> tuple[int, object]:
     """(bytes of distinct tensors autograd saves for backward while running ``fn()``, its result).
 
     Counted with ``torch.autograd.graph.saved_tensors_hooks``; storages are deduplicated, and
-    parameters (which are alive anyway) are not counted."""
+    parameters and views of them (e.g. a linear layer's ``weight.t()``; alive anyway) are not counted.
+    Autocast's low-precision weight copies are new tensors and are counted."""
     seen: dict[tuple, int] = {}
-    params = set()
 
     def pack(t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter) or t.data_ptr() in params:
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
             return t
         try:
             st = t.untyped_storage()

@@ -11,15 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._backend import BACKENDS, resolve_backend
+from ._backend import BACKENDS, PATHS, resolve_backend, resolve_path
 from .ops.adapter_onepass import adapter_onepass
 from .ops.dwconv_tokens import _check_conv_args as check_conv_args
 from .ops.dwconv_tokens import (act_fwd, check_grid_size, check_kernel_size, check_num_prefix_tokens,
                                 normalize_act, resolve_grid, st_adapter_conv)
 from .ops.fc2_residual import fc2_residual
-
-
-PATHS = ("auto", "two_pass", "one_pass")
 
 
 class _STAdapterBase(nn.Module):
@@ -100,17 +97,27 @@ class FastSTAdapter(_STAdapterBase):
     ``forward(x, T)``: ``x`` is ``[B*T, L, C]`` (frames of a clip consecutive); returns a new tensor
     of the same shape, dtype and device (``x`` is never modified, unlike the release's in-place add).
 
-    ``path``: "two_pass" (conv kernel, then fc2 + residual as one GEMM into ``x + b2``), "one_pass"
-    (conv + act + fc2 + b2 + residual in one kernel; backward recomputes the conv output from h, so
-    only x and h are kept), or "auto" (= "two_pass" until GPU measurements choose per shape class:
-    none exist yet).
+    ``path``: "two_pass" (conv kernel, then fc2 + residual as one GEMM into ``x + b2``; keeps x, h
+    and the conv output z for backward), "one_pass" (conv + act + fc2 + b2 + residual in one kernel,
+    and a fused backward: ``dy W2``, act', the transposed conv and the conv's weight gradients in one
+    pass), or "auto": the path measured faster for the backend and kernel shape, see
+    ``stadapter_fast._backend.AUTO_PATH`` (two_pass everywhere today; GPU unmeasured).
+
+    ``recompute`` (one-pass path only): True keeps only x and h for backward and recomputes the conv
+    there; False also keeps the pre-activation ``conv(h) + b`` ([B*T, L, Ca]) to skip that conv.
     """
 
-    def __init__(self, *args, path: str = "auto", **kwargs) -> None:
+    def __init__(self, *args, path: str = "auto", recompute: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute must be a bool, got {recompute!r}")
         self.path = path
+        self.recompute = recompute
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", path={self.path!r}, recompute={self.recompute}"
 
     def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
         grid = self._check_input(x, T)
@@ -118,11 +125,12 @@ class FastSTAdapter(_STAdapterBase):
         # fc1 over all L rows of the contiguous input: the prefix rows cost 1/L of the GEMM and save
         # the strided-slice copy; the conv skips them.
         h = F.linear(x, self.fc1.weight, self.fc1.bias)
-        if self.path == "one_pass":
+        backend = resolve_backend(self.backend, x.device)
+        if resolve_path(self.path, backend, self.kernel_size) == "one_pass":
             check_conv_args(h, self.conv.weight, self.conv.bias, T)
             return adapter_onepass(x, h, self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias, T,
-                                   grid[0], grid[1], P, self.act, resolve_backend(self.backend, x.device))
-        z = st_adapter_conv(h, self.conv.weight, self.conv.bias, T, grid, P, self.act, self.backend)
+                                   grid[0], grid[1], P, self.act, backend, recompute=self.recompute)
+        z = st_adapter_conv(h, self.conv.weight, self.conv.bias, T, grid, P, self.act, backend)
         return fc2_residual(x, z, self.fc2.weight, self.fc2.bias, P)
 
 

@@ -8,10 +8,11 @@ from tests._util import DEVICE, assert_close, backends
 
 
 class TinyVideoBlock(nn.Module):
-    def __init__(self, backend, path="two_pass"):
+    def __init__(self, backend, path="two_pass", recompute=True):
         super().__init__()
         self.norm = nn.LayerNorm(32)
-        self.adapter = FastSTAdapter(32, 16, (3, 3, 3), act="gelu", backend=backend, path=path)
+        self.adapter = FastSTAdapter(32, 16, (3, 3, 3), act="gelu", backend=backend, path=path,
+                                     recompute=recompute)
         self.mlp = nn.Linear(32, 32)
         with torch.no_grad():
             for p in self.adapter.parameters():
@@ -23,11 +24,11 @@ class TinyVideoBlock(nn.Module):
 
 
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("path", ["two_pass", "one_pass"])
-def test_compile_fullgraph_matches_eager(path, backend):
+@pytest.mark.parametrize("path,recompute", [("two_pass", True), ("one_pass", True), ("one_pass", False)])
+def test_compile_fullgraph_matches_eager(path, recompute, backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = TinyVideoBlock(backend, path).to(DEVICE)
+    m = TinyVideoBlock(backend, path, recompute).to(DEVICE)
     x = torch.randn(4, 1 + 9, 32, device=DEVICE)
     dy = torch.randn_like(x)
 

@@ -137,24 +137,62 @@ def test_module_is_thin_and_trainable_params_count():
 
 @pytest.mark.parametrize("backend", backends())
 def test_onepass_saves_only_x_and_h(backend):
-    """recompute: the one-pass path keeps no [N, L, Ca] conv output for backward."""
+    """recompute=True: the one-pass path keeps no [N, L, Ca] conv output for backward; recompute=False
+    keeps exactly one (the pre-activation)."""
     from stadapter_fast.memory import saved_activation_bytes
 
     x = torch.randn(4, 10, 40, device=DEVICE, requires_grad=True)
     saved = {}
-    for path in PATHS:
+    for path, recompute in (("two_pass", True), ("one_pass", True), ("one_pass", False)):
         fast, _ = pair(act="gelu", backend=backend, path=path)
-        saved[path], _ = saved_activation_bytes(lambda: fast(x, 2))
-    h_bytes = 4 * 10 * 24 * 4
-    assert saved["two_pass"] - saved["one_pass"] >= h_bytes  # z ([N, L, Ca] fp32) is not kept
+        fast.recompute = recompute
+        saved[path, recompute], _ = saved_activation_bytes(lambda: fast(x, 2))
+    x_bytes, h_bytes = 4 * 10 * 40 * 4, 4 * 10 * 24 * 4
+    assert saved["one_pass", True] == x_bytes + h_bytes
+    assert saved["one_pass", False] == x_bytes + 2 * h_bytes
+    assert saved["two_pass", True] >= x_bytes + 2 * h_bytes
 
 
-def test_onepass_opcheck():
+@pytest.mark.parametrize("act", [None, "gelu"])
+@pytest.mark.parametrize("ks", [(3, 1, 1), (1, 3, 3)], ids=lambda k: "k%d%d%d" % k)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", backends())
+def test_onepass_without_recompute(backend, dtype, ks, act):
+    """recompute=False (the pre-activation kept from forward) gives the same answers."""
+    fast, ref = pair(ks=ks, act=act, backend=backend, path="one_pass", seed=8)
+    fast.recompute = False
+    fast.to(dtype)
+    x = torch.randn(2 * 4, 1 + 9, 40, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
+    check_against_fp64(fast, ref, x, 4, dtype)
+
+
+def test_path_auto_and_recompute_validation():
+    from stadapter_fast._backend import AUTO_PATH, resolve_path
+
+    assert resolve_path("auto", "torch", (3, 1, 1)) == AUTO_PATH["torch", "temporal"]
+    assert resolve_path("auto", "triton", (3, 3, 3)) == AUTO_PATH["triton", "spatial"]
+    assert resolve_path("one_pass", "torch", (3, 1, 1)) == "one_pass"
+    assert set(AUTO_PATH.values()) <= {"two_pass", "one_pass"}
+    with pytest.raises(ValueError, match="path must be one of"):
+        FastSTAdapter(40, 24, path="fused")
+    with pytest.raises(ValueError, match="recompute must be a bool, got 'yes'"):
+        FastSTAdapter(40, 24, recompute="yes")
+    assert "path='one_pass', recompute=False" in repr(FastSTAdapter(40, 24, path="one_pass", recompute=False))
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_onepass_opcheck(recompute):
     from tests._util import TRITON_OK
 
     fast, _ = pair(act="gelu", path="one_pass")
     x = torch.randn(4, 10, 40, device=DEVICE)
     h = torch.nn.functional.linear(x, fast.fc1.weight, fast.fc1.bias).detach()
+    ops = torch.ops.stadapter_fast
     for backend in (["torch", "triton"] if TRITON_OK else ["torch"]):
-        args = (x, h, fast.conv.weight, fast.conv.bias, fast.fc2.weight, fast.fc2.bias, 2, 3, 3, 1, "gelu", backend)
-        torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_onepass.default, args)
+        args = (x, h, fast.conv.weight, fast.conv.bias, fast.fc2.weight, fast.fc2.bias, 2, 3, 3, 1, "gelu",
+                recompute, backend)
+        torch.library.opcheck(ops.st_adapter_onepass.default, args)
+        pre = ops.st_adapter_onepass.default(*args)[1]
+        params = [p.detach() for p in (fast.conv.weight, fast.conv.bias, fast.fc2.weight, fast.fc2.bias)]
+        bargs = (torch.randn_like(x), h, pre, *params, 2, 3, 3, 1, "gelu", backend)
+        torch.library.opcheck(ops.st_adapter_onepass_backward.default, bargs)

@@ -1,11 +1,15 @@
 """The one-pass adapter tail ``y = x + act(DWConv3D(h) + b) W2^T + b2`` (prefix rows: ``y = x``), as a
-custom op with autograd. Kernels: ``csrc_triton.adapter_onepass`` (forward) and
-``csrc_triton.dwconv_tokens`` (backward).
+custom op with autograd. Kernels: ``csrc_triton.adapter_onepass``.
 
-Forward: one kernel; the bottleneck activation ``z`` is never written. Backward (``recompute``): only
-``h`` is kept (and ``x`` by fc1); ``z`` is recomputed with the conv kernel, then ``dz = dy W2`` (GEMM),
-the conv backward kernel (act' fused with the transposed conv; deterministic dW/db partial sums),
-``dW2 = z^T dy`` and ``db2``. ``dx = dy`` (the residual; fc1's backward adds ``dh W1``).
+Forward: one kernel; the bottleneck activation ``z`` is never written. With ``recompute=False`` the
+kernel also writes the pre-activation ``pre = conv(h) + b`` and backward keeps it (more memory, no
+conv in backward); with ``recompute=True`` (the default) only ``h`` is kept (``x`` by fc1).
+
+Backward (one custom op, ``st_adapter_onepass_backward``): the fused kernel forms ``dz = dy W2`` in
+registers, recomputes (or loads) ``pre``, writes ``z`` once and ``dpre = dz * act'(pre)``, and the
+depthwise weight/bias gradients as deterministic per-tile partial sums; the transposed conv gives
+``dh``; ``dW2 = dy^T z`` and ``db2`` are GEMM/reduction. ``dx = dy`` (the residual; fc1's backward
+adds ``dh W1``). The PyTorch backend computes the same quantities with ATen ops (``_torch_*``).
 """
 from __future__ import annotations
 
@@ -14,44 +18,115 @@ from typing import Optional
 import torch
 
 from .._backend import triton_kernels
-from .dwconv_tokens import ACTIVATIONS, _conv_bwd_op, _conv_op, _IMPLS, _unit_channel_stride
+from .dwconv_tokens import ACTIVATIONS, _IMPLS, _unit_channel_stride, act_fwd, act_grad
 from .fc2_residual import fc2_residual_backward, fc2_residual_forward
+
+
+def _no_pre(h: torch.Tensor) -> torch.Tensor:
+    """The op's second output when nothing extra is kept for backward (recompute=True)."""
+    return h.new_empty((0,))
+
+
+def _torch_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute):
+    pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none")  # conv + bias, zero prefix rows
+    y = fc2_residual_forward(x, act_fwd(pre, act), w2, b2, P)
+    return y, (_no_pre(h) if recompute else pre)
+
+
+def _torch_bwd(dy, h, pre, conv_w, conv_b, w2, b2_dtype, T, H, W, P, act):
+    if pre is None:
+        pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none")
+    dz, dw2, db2 = fc2_residual_backward(dy, act_fwd(pre, act), w2, b2_dtype, P)
+    if act != "none":
+        acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+        dz = (dz.to(acc_t) * act_grad(pre.to(acc_t), act)).to(h.dtype)
+    dh, dcw, dcb = _IMPLS["torch"][1](dz, h, conv_w, conv_b, T, H, W, P, "none")
+    return dh, dcw, dcb, dw2, db2
+
+
+def _triton_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute):
+    k = triton_kernels("adapter_onepass")
+    N, L, C = x.shape
+    x = _unit_channel_stride(x)
+    h = _unit_channel_stride(h)
+    y = torch.empty((N, L, C), dtype=x.dtype, device=x.device)
+    y[:, :P] = x[:, :P]
+    pre = None
+    if not recompute:
+        pre = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        pre[:, :P].zero_()
+    k.onepass_fwd(h, x, y, conv_w.reshape(conv_w.shape[0], -1).contiguous(), conv_b, w2.contiguous(), b2,
+                  T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], pre=pre)
+    return y, (_no_pre(h) if recompute else pre)
+
+
+def _triton_bwd(dy, h, pre, conv_w, conv_b, w2, b2_dtype, T, H, W, P, act):
+    k = triton_kernels("adapter_onepass")
+    CA = h.shape[2]
+    z, dh, dcw, dcb = k.onepass_bwd(_unit_channel_stride(dy), _unit_channel_stride(h),
+                                    None if pre is None else _unit_channel_stride(pre),
+                                    conv_w.reshape(CA, -1).contiguous(), conv_b, w2.contiguous(),
+                                    T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act])
+    _, dw2, db2 = fc2_residual_backward(dy, z, w2, b2_dtype, P, need_z=False)
+    return dh, dcw, dcb, dw2, db2
+
+
+_FWD = {"torch": _torch_fwd, "triton": _triton_fwd}
+_BWD = {"torch": _torch_bwd, "triton": _triton_bwd}
 
 
 @torch.library.custom_op("stadapter_fast::st_adapter_onepass", mutates_args=())
 def _onepass_op(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
                 w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
-                backend: str) -> torch.Tensor:
-    if backend == "torch":
-        return fc2_residual_forward(x, _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, act), w2, b2, P)
-    k = triton_kernels("adapter_onepass")
-    N, L, C = x.shape
-    x = _unit_channel_stride(x)
-    y = torch.empty((N, L, C), dtype=x.dtype, device=x.device)
-    y[:, :P] = x[:, :P]
-    return k.onepass_fwd(_unit_channel_stride(h), x, y, conv_w.reshape(conv_w.shape[0], -1).contiguous(), conv_b,
-                         w2.contiguous(), b2, T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act])
+                recompute: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(y, pre)``; ``pre`` is empty when ``recompute`` (it exists only for backward)."""
+    return _FWD[backend](x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute)
 
 
 @_onepass_op.register_fake
-def _(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, backend):
-    return x.new_empty(x.shape)
+def _(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend):
+    return x.new_empty(x.shape), (h.new_empty((0,)) if recompute else h.new_empty(h.shape))
+
+
+@torch.library.custom_op("stadapter_fast::st_adapter_onepass_backward", mutates_args=())
+def _onepass_bwd_op(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor, conv_w: torch.Tensor,
+                    conv_b: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int,
+                    W: int, P: int, act: str, backend: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, d conv weight, d conv bias, dW2, db2); biases' grads come in their dtypes (the weights'
+    when a bias is None). ``pre`` 1-D (empty): recomputed from ``h``."""
+    b2_dtype = b2.dtype if b2 is not None else w2.dtype
+    dh, dcw, dcb, dw2, db2 = _BWD[backend](dy, h, pre if pre.dim() == 3 else None, conv_w, conv_b,
+                                           w2, b2_dtype, T, H, W, P, act)
+    cb_dtype = conv_b.dtype if conv_b is not None else conv_w.dtype
+    cf = torch.contiguous_format
+    # the small grads may be views of one partial-sum buffer: fresh contiguous copies (no aliasing)
+    return (dh, dcw.reshape(conv_w.shape).to(conv_w.dtype, memory_format=cf, copy=True),
+            dcb.to(cb_dtype, memory_format=cf, copy=True), dw2.to(w2.dtype, memory_format=cf, copy=True),
+            db2.to(b2_dtype, memory_format=cf, copy=True))
+
+
+@_onepass_bwd_op.register_fake
+def _(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, backend):
+    cb_dtype = conv_b.dtype if conv_b is not None else conv_w.dtype
+    b2_dtype = b2.dtype if b2 is not None else w2.dtype
+    return (h.new_empty(h.shape), conv_w.new_empty(conv_w.shape),
+            conv_w.new_empty((conv_w.shape[0],), dtype=cb_dtype), w2.new_empty(w2.shape),
+            w2.new_empty((w2.shape[0],), dtype=b2_dtype))
 
 
 def _setup_context(ctx, inputs, output):
-    x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, backend = inputs
-    ctx.save_for_backward(h, conv_w, conv_b, w2)
+    x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend = inputs
+    ctx.save_for_backward(h, output[1], conv_w, conv_b, w2, b2)
+    ctx.mark_non_differentiable(output[1])
     ctx.args = (T, H, W, P, act, backend)
-    ctx.b2_dtype = b2.dtype if b2 is not None else None
 
 
-def _backward(ctx, dy):
-    h, conv_w, conv_b, w2 = ctx.saved_tensors
-    T, H, W, P, act, backend = ctx.args
-    z = _conv_op(h, conv_w, conv_b, T, H, W, P, act, backend)  # recompute: z was never stored
-    dz, dw2, db2 = fc2_residual_backward(dy, z, w2, ctx.b2_dtype, P)
-    dh, dcw, dcb = _conv_bwd_op(dz, h, conv_w, conv_b, T, H, W, P, act, backend)
-    return dy, dh, dcw, (dcb if conv_b is not None else None), dw2, db2, None, None, None, None, None, None
+def _backward(ctx, dy, _dpre):
+    h, pre, conv_w, conv_b, w2, b2 = ctx.saved_tensors
+    dh, dcw, dcb, dw2, db2 = _onepass_bwd_op(dy, h, pre, conv_w, conv_b, w2, b2, *ctx.args)
+    return (dy, dh, dcw, (dcb if conv_b is not None else None), dw2, (db2 if b2 is not None else None),
+            None, None, None, None, None, None, None)
 
 
 _onepass_op.register_autograd(_backward, setup_context=_setup_context)
@@ -59,6 +134,6 @@ _onepass_op.register_autograd(_backward, setup_context=_setup_context)
 
 def adapter_onepass(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
                     w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
-                    backend: str) -> torch.Tensor:
+                    backend: str, recompute: bool = True) -> torch.Tensor:
     """Arguments already validated by the module (``backend`` resolved to "triton" or "torch")."""
-    return _onepass_op(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, backend)
+    return _onepass_op(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend)[0]

@@ -34,8 +34,16 @@ def test_benchmark_rows_carry_metrics(bench_json):
     assert all(r["clips_per_s"] > 0 for r in loader_rows)
     mem_rows = {r["provider"]: r for r in rows if r["case"] == "vitb16_8f_memory"}
     assert set(mem_rows) == {"st-adapter_12x384", "m-adapter_w384_l3", "st-adapter_12x384_reference",
-                             "st-adapter_12x384_onepass"}
+                             "st-adapter_12x384_onepass", "st-adapter_12x384_onepass_stored"}
     assert mem_rows["m-adapter_w384_l3"]["mem_ratio_vs_st_adapter"] < 0.5
+    # recompute keeps one [B*T, L, Ca] tensor less per adapter than keeping the pre-activation
+    mb = {k: v["saved_activation_mb"] for k, v in mem_rows.items()}
+    per_adapter = 8 * 197 * 384 * 4 / 2 ** 20
+    assert abs(mb["st-adapter_12x384_onepass_stored"] - mb["st-adapter_12x384_onepass"] - 12 * per_adapter) < 1.0
+    # one-pass with recompute keeps no z: one [B*T, L, Ca] tensor per adapter less than two-pass (whose
+    # h and z include the class-token rows: 1/197 more than the reference's)
+    assert abs(mb["st-adapter_12x384"] - mb["st-adapter_12x384_onepass"] - 12 * per_adapter) < 1.0
+    assert mb["st-adapter_12x384_onepass"] < mb["st-adapter_12x384_reference"] - 11 * per_adapter
     rows = [r for r in rows if r["level"] != 0 and r["case"] != "vitb16_8f_memory"]
     assert {r["level"] for r in rows} == {1, 2, 3}
     assert {r["provider"] for r in rows} == {"reference", "fast", "fast_onepass"}

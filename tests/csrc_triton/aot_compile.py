@@ -17,15 +17,22 @@ from triton.compiler import ASTSource
 import csrc_triton.adapter_onepass as k1
 import csrc_triton.dwconv_tokens as k
 
-PTR_IO = {"X", "Y", "DZ", "DP", "Hh"}    # activation-dtype pointers
+PTR_IO = {"X", "Y", "DZ", "DP", "Hh", "DY", "PRE", "Z"}  # activation-dtype pointers
 PTR_PARAM = {"Wt", "Bias", "Wc", "Bc", "W2", "B2"}  # parameter pointers (fp32 here; any float works)
 PTR_ACC = {"PART"}                      # accumulation-dtype pointers
-DIVISIBLE = {"sx_n", "sx_l", "sy_n", "sy_l", "sdz_n", "sdz_l", "sh_n", "sh_l", "C", "CA"}  # JIT sees these as multiples of 16
+DIVISIBLE = {"sx_n", "sx_l", "sy_n", "sy_l", "sdz_n", "sdz_l", "sh_n", "sh_l", "sdy_n", "sdy_l", "spre_n", "spre_l",
+             "sz_n", "sz_l", "C", "CA"}  # JIT sees these as multiples of 16
 TY = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
 KERNELS = [(3, 1, 1), (3, 3, 3), (1, 3, 3), (5, 1, 1)]
+#: max shared memory per block (opt-in) by arch: a config over it would fail at launch on that GPU
+SMEM_LIMIT = {90: 232448, 80: 166912}
 
 
-def compile_one(fn, io, consts, arch):
+def _blk(d):
+    return {k: v for k, v in d.items() if not k.startswith("num_")}
+
+
+def compile_one(fn, io, consts, arch, num_warps=4):
     acc = "fp64" if io == "fp64" else "fp32"
     sig, attrs = {}, {}
     for i, a in enumerate(fn.arg_names):
@@ -44,48 +51,70 @@ def compile_one(fn, io, consts, arch):
             attrs[(i,)] = [["tt.divisibility", 16]]
     consts = dict(consts, ACC=tl.float64 if io == "fp64" else tl.float32)
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                          target=GPUTarget("cuda", arch, 32))
+                          target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
 
 
 def variants():
-    """(name, kernel, io dtype, constexprs): all activations x dtypes at (3,1,1), all kernel sizes,
-    the transposed (FLIP) conv, the backward with and without a stored dpre; block sizes from the
-    launcher's GPU choice for a ViT width (Ca=384) and a small one."""
+    """(name, kernel, io dtype, constexprs, num_warps): every activation x dtype at (3,1,1), every kernel
+    size, the transposed (FLIP) conv, the backwards with and without a stored dpre / a loaded
+    pre-activation, at the first config of each GPU space; then every config of each autotuning space
+    at the release's variant (bf16, (3,1,1), no activation)."""
+    conv0, fwd0, bwd0 = k.CONV_SPACE[0], k1.FWD_SPACE[0], k1.BWD_SPACE[0]
     for C in (384, 20):
-        bm, bc, warps = k._blocks(C * 64, C)
-        blk = dict(BLOCK_M=bm, BLOCK_C=bc)
+        blk = _blk(conv0)
+        w = conv0["num_warps"]
         for io, (act_name, act) in itertools.product(("fp16", "bf16", "fp32"), k.ACTIVATIONS.items()):
             if C != 384 and act_name != "gelu":
                 continue
             ks = dict(KT=3, KH=1, KW=1)
-            yield f"fwd-{io}-{act_name}-C{C}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=False, HAS_BIAS=True, ACT=act, **blk)
-            yield f"bwd-{io}-{act_name}-C{C}", k._dwconv_tokens_bwd_kernel, io, dict(ks, HAS_BIAS=True, ACT=act, STORE_DPRE=act != 0, **blk)
+            yield f"fwd-{io}-{act_name}-C{C}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=False, HAS_BIAS=True, ACT=act, **blk), w
+            yield f"bwd-{io}-{act_name}-C{C}", k._dwconv_tokens_bwd_kernel, io, dict(ks, HAS_BIAS=True, ACT=act, STORE_DPRE=act != 0, **blk), w
         for io, kss in itertools.product(("fp16", "bf16", "fp32", "fp64"), KERNELS):
             ks = dict(KT=kss[0], KH=kss[1], KW=kss[2])
             tag = f"{io}-k{''.join(map(str, kss))}-C{C}"
-            yield f"fwd-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=False, HAS_BIAS=True, ACT=2, **blk)
-            yield f"flip-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=True, HAS_BIAS=False, ACT=0, **blk)
-            yield f"bwd-{tag}", k._dwconv_tokens_bwd_kernel, io, dict(ks, HAS_BIAS=False, ACT=3, STORE_DPRE=True, **blk)
-    # the one-pass adapter tail (tensor-core dot for fp16/bf16, IEEE fp32/fp64 dot otherwise)
-    bm, bn, bk, _ = k1._blocks(384, 768)
+            yield f"fwd-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=False, HAS_BIAS=True, ACT=2, **blk), w
+            yield f"flip-{tag}", k._dwconv_tokens_kernel, io, dict(ks, FLIP=True, HAS_BIAS=False, ACT=0, **blk), w
+            yield f"bwd-{tag}", k._dwconv_tokens_bwd_kernel, io, dict(ks, HAS_BIAS=False, ACT=3, STORE_DPRE=True, **blk), w
+    # the one-pass adapter tail, forward and fused backward (tensor-core dots for fp16/bf16, IEEE fp32/fp64)
     for io, act_name in itertools.product(("fp16", "bf16", "fp32", "fp64"), ("none", "gelu", "quick_gelu")):
         for kss in ((3, 1, 1), (3, 3, 3)):
-            consts = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, HAS_B2=True, ACT=k.ACTIVATIONS[act_name],
-                          DOT_IEEE=io in ("fp32", "fp64"), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            yield f"onepass-{io}-{act_name}-k{''.join(map(str, kss))}", k1._onepass_fwd_kernel, io, consts
+            act = k.ACTIVATIONS[act_name]
+            base = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, ACT=act, DOT_IEEE=io in ("fp32", "fp64"))
+            tag = f"{io}-{act_name}-k{''.join(map(str, kss))}"
+            yield (f"onepass-{tag}", k1._onepass_fwd_kernel, io,
+                   dict(base, HAS_B2=True, STORE_PRE=kss == (3, 3, 3), **_blk(fwd0)), fwd0["num_warps"])
+            for load_pre in (False, True):
+                if load_pre and act_name == "quick_gelu":
+                    continue
+                yield (f"onepass-bwd-{tag}-load_pre{int(load_pre)}", k1._onepass_bwd_kernel, io,
+                       dict(base, LOAD_PRE=load_pre, STORE_Z=not (load_pre and act == 0), **_blk(bwd0)),
+                       bwd0["num_warps"])
+    # every autotuning config, at the release's variant
+    rel = dict(KT=3, KH=1, KW=1, ACT=0)
+    for i, d in enumerate(k.CONV_SPACE):
+        yield f"space-conv-fwd-{i}", k._dwconv_tokens_kernel, "bf16", dict(rel, FLIP=False, HAS_BIAS=True, **_blk(d)), d["num_warps"]
+        yield f"space-conv-bwd-{i}", k._dwconv_tokens_bwd_kernel, "bf16", dict(rel, HAS_BIAS=True, STORE_DPRE=False, **_blk(d)), d["num_warps"]
+    for i, d in enumerate(k1.FWD_SPACE):
+        yield (f"space-onepass-fwd-{i}", k1._onepass_fwd_kernel, "bf16",
+               dict(rel, HAS_CB=True, HAS_B2=True, DOT_IEEE=False, STORE_PRE=False, **_blk(d)), d["num_warps"])
+    for i, d in enumerate(k1.BWD_SPACE):
+        yield (f"space-onepass-bwd-{i}", k1._onepass_bwd_kernel, "bf16",
+               dict(rel, HAS_CB=True, DOT_IEEE=False, LOAD_PRE=False, STORE_Z=True, **_blk(d)), d["num_warps"])
 
 
 def main(archs):
     assert not k.INTERPRET, "run without TRITON_INTERPRET"
     n = 0
     for arch in archs:
-        for name, fn, io, consts in variants():
+        for name, fn, io, consts, warps in variants():
             t = time.time()
-            ck = compile_one(fn, io, consts, arch)
+            ck = compile_one(fn, io, consts, arch, warps)
             ptx = ck.asm["ptx"]
             assert ".entry" in ptx and len(ck.asm["cubin"]) > 0, name
+            assert ck.metadata.shared <= SMEM_LIMIT[arch], f"{name}: {ck.metadata.shared} B shared memory"
             print(f"sm_{arch} {name}: ok {time.time() - t:.2f}s shared={ck.metadata.shared} "
-                  f"vector_loads={ptx.count('ld.global.v')}", flush=True)
+                  f"vector_loads={ptx.count('ld.global.v')} wgmma={'wgmma.mma_async' in ptx} "
+                  f"mma_sync={'mma.sync' in ptx}", flush=True)
             n += 1
     print(f"{n} variants compiled for triton {triton.__version__}")
 

@@ -20,3 +20,9 @@ def test_aot_compile_all_variants(arch):
     assert "variants compiled" in proc.stdout
     # vectorised global loads: the kernels read whole channel rows, not scalars
     assert "vector_loads=0" not in proc.stdout, proc.stdout
+    # the one-pass kernels' fp16/bf16 dots run on tensor cores (wgmma on Hopper at 64+-row tiles)
+    for line in proc.stdout.splitlines():
+        if "onepass" in line and ("bf16" in line or "fp16" in line):
+            assert "mma_sync=True" in line or "wgmma=True" in line, line
+            if arch == 90 and "onepass-bwd-bf16-none-k311" in line:
+                assert "wgmma=True" in line, line

@@ -106,7 +106,8 @@ def test_triton_many_small_tiles(monkeypatch, act):
     """Small tiles: many token and channel tiles with ragged edges; partial sums over many tiles."""
     import csrc_triton.dwconv_tokens as k
 
-    monkeypatch.setattr(k, "_blocks", lambda M, C: (16, 8, 1))
+    for kern in (k.conv_fwd_kernel, k.conv_bwd_kernel):
+        monkeypatch.setattr(kern, "forced", dict(BLOCK_M=16, BLOCK_C=8, num_warps=1))
     h, w, b, dz = make_case(2, 4, 3, 5, 1, 21, (3, 3, 3), torch.float32, seed=5)
     run_and_check(h, w, b, dz, 4, (3, 5), 1, act, "triton", torch.float32)
 

@@ -1,0 +1,125 @@
+"""Every GPU autotuning config of every kernel gives the right answer (run through the interpreter on
+CPU, natively on GPU): the tuner may pick any of them, and CI cannot time them. Ragged shapes, so each
+config has partial tiles on every axis; outputs are NaN-poisoned (tests/conftest.py), so a config that
+leaves a row or channel unwritten fails."""
+import pytest
+import torch
+
+from stadapter_fast.ops.dwconv_tokens import act_fwd, st_adapter_conv_ref
+from tests._util import DEVICE, TRITON_OK, assert_close
+
+pytestmark = pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")
+
+B, T, H, W, P = 2, 4, 3, 5, 1          # M = 120 patch tokens
+C, CA = 72, 40                         # ragged against 32/64/128/256 tiles
+ACTS = {"none": 0, "gelu": 2}
+
+
+def _case(ks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N, L = B * T, P + H * W
+
+    def r(*shape, s=1.0):
+        return (s * torch.randn(*shape, generator=g)).to(DEVICE)
+    return dict(x=r(N, L, C), h=r(N, L, CA), wc=r(CA, 1, *ks, s=0.4), bc=r(CA), w2=r(C, CA, s=0.2), b2=r(C),
+                dy=r(N, L, C))
+
+
+def _reference(c, ks, act):
+    """fp64: pre, z, y, and the grads of sum(y * dy) w.r.t. h, conv weight and conv bias."""
+    h, wc, bc = (c[k].double().requires_grad_() for k in ("h", "wc", "bc"))
+    pre = st_adapter_conv_ref(h, wc, bc, T, (H, W), P, None)
+    z = act_fwd(pre, act)
+    y = c["x"].double() + z @ c["w2"].double().t() + c["b2"].double()
+    y = torch.cat([c["x"].double()[:, :P], y[:, P:]], dim=1)
+    dh, dwc, dbc = torch.autograd.grad(y, [h, wc, bc], c["dy"].double())
+    return dict(pre=pre.detach(), z=z.detach(), y=y.detach(), dh=dh, dwc=dwc.reshape(CA, -1), dbc=dbc)
+
+
+def _conv_space():
+    import csrc_triton.dwconv_tokens as k
+    return k.CONV_SPACE
+
+
+def _onepass_spaces():
+    import csrc_triton.adapter_onepass as k1
+    return k1.FWD_SPACE, k1.BWD_SPACE
+
+
+@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("act", ["none", "gelu"])
+def test_conv_kernels_every_config(i, act):
+    import csrc_triton.dwconv_tokens as k
+
+    cfg = _conv_space()[i]
+    ks = (3, 1, 1) if i % 2 == 0 else (3, 3, 3)
+    c = _case(ks, seed=i)
+    h, wc, bc = c["h"], c["wc"], c["bc"]
+    ref = _reference(c, ks, act)
+    w2d = wc.reshape(CA, -1).contiguous()
+    out = torch.empty_like(h)
+    out[:, :P] = 0
+    k.dwconv_tokens_fwd(h, w2d, bc, out, T, H, W, P, P, ks, ACTS[act], config=cfg)
+    assert_close(out[:, P:], ref["z"][:, P:], torch.float32, f"conv fwd {cfg}")
+    # conv backward given dz = dy W2 (from the reference's chain)
+    dz = (c["dy"].double() @ c["w2"].double()).float()
+    dh, dwc, dbc = k.dwconv_tokens_bwd(dz, h, w2d, bc, T, H, W, P, ks, ACTS[act], config=cfg, flip_config=cfg)
+    assert_close(dh[:, P:], ref["dh"][:, P:], torch.float32, f"conv dh {cfg}")
+    assert torch.count_nonzero(dh[:, :P]) == 0
+    assert_close(dwc, ref["dwc"], torch.float32, f"conv dw {cfg}")
+    assert_close(dbc, ref["dbc"], torch.float32, f"conv db {cfg}")
+
+
+@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("act", ["none", "gelu"])
+def test_onepass_forward_every_config(i, act):
+    import csrc_triton.adapter_onepass as k1
+
+    cfg = _onepass_spaces()[0][i]
+    ks = (3, 1, 1) if i % 2 == 0 else (1, 3, 3)
+    c = _case(ks, seed=10 + i)
+    ref = _reference(c, ks, act)
+    y = torch.empty_like(c["x"])
+    y[:, :P] = c["x"][:, :P]
+    pre = torch.empty_like(c["h"])
+    pre[:, :P] = 0
+    k1.onepass_fwd(c["h"], c["x"], y, c["wc"].reshape(CA, -1).contiguous(), c["bc"], c["w2"], c["b2"],
+                   T, H, W, P, ks, ACTS[act], pre=pre, config=cfg)
+    assert_close(y, ref["y"], torch.float32, f"one-pass y {cfg}")
+    assert_close(pre[:, P:], ref["pre"][:, P:], torch.float32, f"one-pass pre {cfg}")
+
+
+@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("act,load_pre", [("none", False), ("gelu", False), ("gelu", True), ("none", True)])
+def test_onepass_backward_every_config(i, act, load_pre):
+    import csrc_triton.adapter_onepass as k1
+    import csrc_triton.dwconv_tokens as k
+
+    cfg = _onepass_spaces()[1][i]
+    ks = (3, 1, 1) if i % 2 == 0 else (3, 3, 3)
+    c = _case(ks, seed=20 + i)
+    ref = _reference(c, ks, act)
+    pre = ref["pre"].float() if load_pre else None
+    flip_cfg = k.CONV_SPACE[i]
+    z, dh, dwc, dbc = k1.onepass_bwd(c["dy"], c["h"], pre, c["wc"].reshape(CA, -1).contiguous(), c["bc"],
+                                     c["w2"], T, H, W, P, ks, ACTS[act], config=cfg, flip_config=flip_cfg)
+    what = f"one-pass bwd {cfg} load_pre={load_pre}"
+    assert_close(z, ref["z"], torch.float32, what + " z")  # prefix rows must be zero, as in the reference
+    assert_close(dh, ref["dh"], torch.float32, what + " dh")
+    assert_close(dwc, ref["dwc"], torch.float32, what + " dwc")
+    assert_close(dbc, ref["dbc"], torch.float32, what + " dbc")
+
+
+def test_spaces_are_small_and_well_formed():
+    import csrc_triton.dwconv_tokens as k
+
+    fwd, bwd = _onepass_spaces()
+    for space, keys in ((k.CONV_SPACE, {"BLOCK_M", "BLOCK_C"}), (fwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"}),
+                        (bwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"})):
+        assert 1 < len(space) <= 8
+        assert len({tuple(sorted(d.items())) for d in space}) == len(space), "duplicate configs"
+        for d in space:
+            assert set(d) == keys | {"num_warps"}
+            assert all(v & (v - 1) == 0 for v in d.values()), d  # powers of two
+            # tl.dot needs every dot dimension >= 16 on GPU
+            assert all(d[b] >= 16 for b in keys), d

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from .dwconv_tokens import (INTERPRET, TunedKernel, _acc_dtype, _act_fwd, _act_grad, _check_token_tensor, _conv_tile,
-                            _on_device, _store_wgrad_partials, _tile_coords, dwconv_tokens_fwd, sum_partials)
+                            DEFAULTS, _on_device, _store_wgrad_partials, _tile_coords, _token_coords, dwconv_tokens_fwd,
+                            token_programs)
 
 
 @triton.jit
@@ -38,19 +39,13 @@ def _onepass_fwd_kernel(
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HAS_CB: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
     DOT_IEEE: tl.constexpr, STORE_PRE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_S: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    _, m_mask, n, s, yy, xx = _token_coords(pid_m, M, T, H, W, BLOCK_M, GROUP_S)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
     n_mask = offs_n < C
-    HW = H * W
-    n = offs_m // HW
-    s = offs_m % HW
-    yy = s // W
-    xx = s % W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, CA, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -92,9 +87,9 @@ def _onepass_bwd_kernel(
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HAS_CB: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, DOT_IEEE: tl.constexpr,
     LOAD_PRE: tl.constexpr, STORE_Z: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_S: tl.constexpr,
 ):
-    pid_m, offs_m, offs_k, m_mask, k_mask, n, s, yy, xx = _tile_coords(M, CA, H, W, BLOCK_M, BLOCK_K)
+    pid_m, offs_m, offs_k, m_mask, k_mask, n, s, yy, xx = _tile_coords(M, CA, T, H, W, BLOCK_M, BLOCK_K, GROUP_S)
     mk_mask = m_mask[:, None] & k_mask[None, :]
     # dz = dy W2 for this tile, in registers
     dy_row = n.to(tl.int64) * sdy_n + (P + s).to(tl.int64) * sdy_l
@@ -153,6 +148,7 @@ FWD_SPACE = [
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4),
     dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8),
     dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_S=8, num_warps=4),   # T-major: 8 frames x 8 positions
 ]
 #: GPU configs of the fused backward: (tokens, bottleneck channels, C chunk of the dz dot) tiles.
 #: Larger BLOCK_K re-reads dy less often (CA / BLOCK_K times).
@@ -163,10 +159,11 @@ BWD_SPACE = [
     dict(BLOCK_M=128, BLOCK_K=128, BLOCK_N=32, num_warps=8),
     dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=64, num_warps=4),
     dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
 ]
 _KEY = ["C", "CA", "T", "H", "W", "KT", "KH", "KW", "ACT"]
-onepass_fwd_kernel = TunedKernel(_onepass_fwd_kernel, FWD_SPACE, _KEY + ["STORE_PRE"], _fwd_interp)
-onepass_bwd_kernel = TunedKernel(_onepass_bwd_kernel, BWD_SPACE, _KEY + ["LOAD_PRE"], _bwd_interp)
+onepass_fwd_kernel = TunedKernel(_onepass_fwd_kernel, FWD_SPACE, _KEY + ["STORE_PRE"], _fwd_interp, DEFAULTS)
+onepass_bwd_kernel = TunedKernel(_onepass_bwd_kernel, BWD_SPACE, _KEY + ["LOAD_PRE"], _bwd_interp, DEFAULTS)
 
 
 def _dot_ieee(dtype: torch.dtype) -> bool:
@@ -193,7 +190,7 @@ def onepass_fwd(h: torch.Tensor, x: torch.Tensor, out: torch.Tensor, wc2d: torch
     pre_t = pre if pre is not None else h
     with _on_device(h):
         onepass_fwd_kernel.launch(
-            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_N"])),
+            lambda meta: (token_programs(M, H * W, meta), triton.cdiv(C, meta["BLOCK_N"])),
             (h, h.stride(0), h.stride(1),
              x, x.stride(0), x.stride(1),
              out, out.stride(0), out.stride(1),
@@ -237,13 +234,14 @@ def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2
         zero = torch.zeros((CA, taps + 1), dtype=acc_t, device=h.device)
         return z, dh, zero[:, :taps], zero[:, taps]
     shape = dict(C=C, CA=CA)
-    part = torch.empty((onepass_bwd_kernel.max_programs("BLOCK_M", M, shape, config), taps + 1, CA),
+    programs = lambda meta: token_programs(M, H * W, meta)  # noqa: E731
+    part = torch.empty((onepass_bwd_kernel.max_programs(programs, shape, config), taps + 1, CA),
                        dtype=acc_t, device=h.device)
     dpre = torch.empty((M, CA), dtype=h.dtype, device=h.device)
     pre_t = pre if pre is not None else h
     with _on_device(h):
         ran = onepass_bwd_kernel.launch(
-            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(CA, meta["BLOCK_K"])),
+            lambda meta: (programs(meta), triton.cdiv(CA, meta["BLOCK_K"])),
             (h, h.stride(0), h.stride(1),
              dy, dy.stride(0), dy.stride(1),
              pre_t, pre_t.stride(0), pre_t.stride(1),
@@ -255,7 +253,7 @@ def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2
             dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, ACT=act, ACC=_acc_dtype(h.dtype),
                  DOT_IEEE=_dot_ieee(h.dtype), LOAD_PRE=pre is not None, STORE_Z=store_z),
             shape, config)
-        sums = sum_partials(part, M, ran)
+        sums = part[:programs(ran)].sum(dim=0)  # the rows this launch wrote, in a fixed order
         dwconv_tokens_fwd(dpre.view(N, H * W, CA), wc2d, None, dh, T, H, W, 0, P, kernel_size, 0, flip=True,
                           config=flip_config)
     return z, dh, sums[:taps].t(), sums[taps]

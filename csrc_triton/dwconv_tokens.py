@@ -72,15 +72,47 @@ def _act_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _tile_coords(M, C, H, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's token and channel offsets, masks, and each token's (frame row n, grid index s,
-    y, x) in the [N, H*W] patch layout."""
-    pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+def _token_coords(pid_m, M, T, H, W, BLOCK_M: tl.constexpr, GROUP_S: tl.constexpr):
+    """The patch tokens of row-tile ``pid_m``: ``(m, valid, n, s, y, x)`` with ``m = n * H*W + s`` the
+    token's index in the [N, H*W] patch layout (frame row ``n``, grid index ``s = y * W + x``).
+
+    ``GROUP_S == 0``: tiles walk ``m`` in order (BLOCK_M consecutive tokens of one frame).
+    ``GROUP_S > 0``: "T-major" order over (clip, block of GROUP_S grid positions, frame, position in
+    the block), so a tile of ``T * GROUP_S`` rows holds every frame of GROUP_S positions: a temporal
+    tap's halo rows are the tile's own rows (L1 hits) instead of other tiles'. Grid positions are
+    padded to a multiple of GROUP_S; the padding rows are invalid."""
     HW = H * W
-    s = offs_m % HW
-    return pid_m, offs_m, offs_c, offs_m < M, offs_c < C, offs_m // HW, s, s // W, s % W
+    offs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if GROUP_S == 0:
+        n = offs // HW
+        s = offs % HW
+        valid = offs < M
+    else:
+        HWB = (HW + GROUP_S - 1) // GROUP_S
+        q = offs // GROUP_S
+        t = q % T
+        q2 = q // T
+        s = (q2 % HWB) * GROUP_S + offs % GROUP_S
+        n = (q2 // HWB) * T + t
+        valid = (n < M // HW) & (s < HW)
+    return n * HW + s, valid, n, s, s // W, s % W
+
+
+@triton.jit
+def _tile_coords(M, C, T, H, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_S: tl.constexpr):
+    """This program's tokens (see ``_token_coords``) and channels: (pid_m, m, channel offsets,
+    token mask, channel mask, n, s, y, x)."""
+    pid_m = tl.program_id(0)
+    m, m_mask, n, s, yy, xx = _token_coords(pid_m, M, T, H, W, BLOCK_M, GROUP_S)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid_m, m, offs_c, m_mask, offs_c < C, n, s, yy, xx
+
+
+def token_programs(M: int, HW: int, meta: dict) -> int:
+    """Programs along the token axis for a launch with meta-parameters ``meta`` (see ``_token_coords``)."""
+    g = meta.get("GROUP_S", 0)
+    rows = M if g == 0 else (M // HW) * triton.cdiv(HW, g) * g
+    return triton.cdiv(rows, meta["BLOCK_M"])
 
 
 @triton.jit
@@ -144,9 +176,9 @@ def _dwconv_tokens_kernel(
     M, C, T, H, W,              # M = N * H * W patch tokens
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_S: tl.constexpr,
 ):
-    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
+    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, T, H, W, BLOCK_M, BLOCK_C, GROUP_S)
     acc = _conv_tile(X, sx_n, sx_l, PX, Wt, Bias, offs_c, c_mask, n, yy, xx, m_mask, T, H, W,
                      KT, KH, KW, FLIP, HAS_BIAS, ACC, BLOCK_M, BLOCK_C)
     if ACT != 0:
@@ -166,9 +198,9 @@ def _dwconv_tokens_bwd_kernel(
     M, C, T, H, W,
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_DPRE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_S: tl.constexpr,
 ):
-    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, H, W, BLOCK_M, BLOCK_C)
+    pid_m, offs_m, offs_c, m_mask, c_mask, n, s, yy, xx = _tile_coords(M, C, T, H, W, BLOCK_M, BLOCK_C, GROUP_S)
     mc_mask = m_mask[:, None] & c_mask[None, :]
 
     dz_row = n.to(tl.int64) * sdz_n + (PDZ + s).to(tl.int64) * sdz_l
@@ -207,8 +239,10 @@ class TunedKernel:
     ``interp(**shape)``, with big tiles. ``config=`` (a dict) or the ``forced`` attribute forces one
     config, so tests can run every GPU config through the interpreter."""
 
-    def __init__(self, kernel, space: list[dict], key: list[str], interp):
+    def __init__(self, kernel, space: list[dict], key: list[str], interp, defaults: dict | None = None):
         self.kernel = kernel
+        self.defaults = defaults or {}
+        space = [dict(self.defaults, **d) for d in space]
         self.space = space
         self.interp = interp
         #: a config every launch uses (tests set it to force small tiles); None: tune / interp.
@@ -225,7 +259,7 @@ class TunedKernel:
             config = self.forced
         if config is None and INTERPRET:
             config = self.interp(**shape)
-        return config
+        return None if config is None else dict(self.defaults, **config)
 
     def launch(self, grid, args: tuple, consts: dict, shape: dict, config: dict | None = None) -> dict:
         """Launch with ``grid(meta)``; returns the meta-parameters that ran (the tuner's pick on GPU)."""
@@ -239,30 +273,34 @@ class TunedKernel:
             raise RuntimeError("triton.autotune did not report its chosen config (best_config)")
         return dict(best.kwargs, num_warps=best.num_warps)
 
-    def max_programs(self, dim: str, size: int, shape: dict, config: dict | None = None) -> int:
-        """The most programs along a grid axis tiled by meta-parameter ``dim`` over any config that
-        may run (to size per-program outputs before the tuner picks)."""
+    def max_programs(self, programs, shape: dict, config: dict | None = None) -> int:
+        """The most programs ``programs(meta)`` over every config that may run (to size per-program
+        outputs before the tuner picks)."""
         config = self._pick(shape, config)
-        blocks = [config[dim]] if config is not None else [d[dim] for d in self.space]
-        return triton.cdiv(size, min(blocks))
+        return max(programs(d) for d in ([config] if config is not None else self.space))
 
 
 def _conv_interp(C: int) -> dict:
     return dict(BLOCK_M=256, BLOCK_C=min(triton.next_power_of_2(C), 512), num_warps=4)
 
 
-#: GPU configs of the two conv kernels (bandwidth-bound: tile shape and warps).
+#: Meta-parameters a config may leave out.
+DEFAULTS = dict(GROUP_S=0)
+#: GPU configs of the two conv kernels (bandwidth-bound: tile shape, token order and warps).
 CONV_SPACE = [
-    dict(BLOCK_M=64, BLOCK_C=128, num_warps=4),
-    dict(BLOCK_M=32, BLOCK_C=128, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_C=64, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_C=128, num_warps=8),
-    dict(BLOCK_M=256, BLOCK_C=64, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_C=64, num_warps=2),
+    dict(BLOCK_M=64, BLOCK_C=128, GROUP_S=0, num_warps=4),
+    dict(BLOCK_M=32, BLOCK_C=128, GROUP_S=0, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_C=64, GROUP_S=0, num_warps=4),
+    dict(BLOCK_M=128, BLOCK_C=128, GROUP_S=0, num_warps=8),
+    dict(BLOCK_M=256, BLOCK_C=64, GROUP_S=0, num_warps=8),
+    dict(BLOCK_M=64, BLOCK_C=64, GROUP_S=0, num_warps=2),
+    dict(BLOCK_M=64, BLOCK_C=128, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
+    dict(BLOCK_M=128, BLOCK_C=64, GROUP_S=16, num_warps=4),
 ]
 _CONV_KEY = ["C", "T", "H", "W", "KT", "KH", "KW", "ACT"]
-conv_fwd_kernel = TunedKernel(_dwconv_tokens_kernel, CONV_SPACE, _CONV_KEY + ["FLIP", "HAS_BIAS"], _conv_interp)
-conv_bwd_kernel = TunedKernel(_dwconv_tokens_bwd_kernel, CONV_SPACE, _CONV_KEY + ["HAS_BIAS"], _conv_interp)
+conv_fwd_kernel = TunedKernel(_dwconv_tokens_kernel, CONV_SPACE, _CONV_KEY + ["FLIP", "HAS_BIAS"], _conv_interp,
+                              DEFAULTS)
+conv_bwd_kernel = TunedKernel(_dwconv_tokens_bwd_kernel, CONV_SPACE, _CONV_KEY + ["HAS_BIAS"], _conv_interp, DEFAULTS)
 
 
 def _on_device(t: torch.Tensor):
@@ -296,7 +334,7 @@ def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     kt, kh, kw = kernel_size
     with _on_device(h):
         conv_fwd_kernel.launch(
-            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"])),
+            lambda meta: (token_programs(M, H * W, meta), triton.cdiv(C, meta["BLOCK_C"])),
             (h, h.stride(0), h.stride(1), p_in,
              out, out.stride(0), out.stride(1), p_out,
              w2d, bias if bias is not None else w2d,
@@ -329,13 +367,14 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
         z = torch.zeros((C, taps), dtype=acc_t, device=h.device)
         return dh, z, z[:, 0].clone()
     shape = dict(C=C)
-    part = torch.empty((conv_bwd_kernel.max_programs("BLOCK_M", M, shape, config), taps + 1, C),
+    programs = lambda meta: token_programs(M, H * W, meta)  # noqa: E731
+    part = torch.empty((conv_bwd_kernel.max_programs(programs, shape, config), taps + 1, C),
                        dtype=acc_t, device=h.device)
     store_dpre = act != 0
     dpre = torch.empty((M, C), dtype=h.dtype, device=h.device) if store_dpre else part
     with _on_device(h):
         ran = conv_bwd_kernel.launch(
-            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"])),
+            lambda meta: (programs(meta), triton.cdiv(C, meta["BLOCK_C"])),
             (h, h.stride(0), h.stride(1), p,
              dz, dz.stride(0), dz.stride(1), p,
              dpre,
@@ -345,7 +384,7 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
             dict(KT=kt, KH=kh, KW=kw, HAS_BIAS=bias is not None, ACT=act, STORE_DPRE=store_dpre,
                  ACC=_acc_dtype(h.dtype)),
             shape, config)
-    sums = sum_partials(part, M, ran)
+    sums = part[:programs(ran)].sum(dim=0)  # the rows this launch wrote, in a fixed order: deterministic
     # grad of the input: transposed conv of dpre (or of dz itself when there is no activation).
     if store_dpre:
         src, src_p = dpre.view(N, H * W, C), 0
@@ -354,8 +393,3 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
     dwconv_tokens_fwd(src, w2d, None, dh, T, H, W, src_p, p, kernel_size, 0, flip=True, config=flip_config)
     return dh, sums[:taps].t(), sums[taps]
 
-
-def sum_partials(part: torch.Tensor, M: int, ran: dict) -> torch.Tensor:
-    """Sum the per-tile partials that the launch wrote (``cdiv(M, BLOCK_M)`` rows of ``part``, which
-    may have room for more), in a fixed order: deterministic for a given config."""
-    return part[:triton.cdiv(M, ran["BLOCK_M"])].sum(dim=0)

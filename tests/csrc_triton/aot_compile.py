@@ -59,7 +59,8 @@ def variants():
     size, the transposed (FLIP) conv, the backwards with and without a stored dpre / a loaded
     pre-activation, at the first config of each GPU space; then every config of each autotuning space
     at the release's variant (bf16, (3,1,1), no activation)."""
-    conv0, fwd0, bwd0 = k.CONV_SPACE[0], k1.FWD_SPACE[0], k1.BWD_SPACE[0]
+    conv_space, fwd_space, bwd_space = k.conv_fwd_kernel.space, k1.onepass_fwd_kernel.space, k1.onepass_bwd_kernel.space
+    conv0, fwd0, bwd0 = conv_space[0], fwd_space[0], bwd_space[0]
     for C in (384, 20):
         blk = _blk(conv0)
         w = conv0["num_warps"]
@@ -91,13 +92,13 @@ def variants():
                        bwd0["num_warps"])
     # every autotuning config, at the release's variant
     rel = dict(KT=3, KH=1, KW=1, ACT=0)
-    for i, d in enumerate(k.CONV_SPACE):
+    for i, d in enumerate(conv_space):
         yield f"space-conv-fwd-{i}", k._dwconv_tokens_kernel, "bf16", dict(rel, FLIP=False, HAS_BIAS=True, **_blk(d)), d["num_warps"]
         yield f"space-conv-bwd-{i}", k._dwconv_tokens_bwd_kernel, "bf16", dict(rel, HAS_BIAS=True, STORE_DPRE=False, **_blk(d)), d["num_warps"]
-    for i, d in enumerate(k1.FWD_SPACE):
+    for i, d in enumerate(fwd_space):
         yield (f"space-onepass-fwd-{i}", k1._onepass_fwd_kernel, "bf16",
                dict(rel, HAS_CB=True, HAS_B2=True, DOT_IEEE=False, STORE_PRE=False, **_blk(d)), d["num_warps"])
-    for i, d in enumerate(k1.BWD_SPACE):
+    for i, d in enumerate(bwd_space):
         yield (f"space-onepass-bwd-{i}", k1._onepass_bwd_kernel, "bf16",
                dict(rel, HAS_CB=True, DOT_IEEE=False, LOAD_PRE=False, STORE_Z=True, **_blk(d)), d["num_warps"])
 

@@ -38,15 +38,18 @@ def _reference(c, ks, act):
 
 def _conv_space():
     import csrc_triton.dwconv_tokens as k
-    return k.CONV_SPACE
+    return k.conv_fwd_kernel.space  # the configs as launched (defaults filled in)
 
 
 def _onepass_spaces():
     import csrc_triton.adapter_onepass as k1
-    return k1.FWD_SPACE, k1.BWD_SPACE
+    return k1.onepass_fwd_kernel.space, k1.onepass_bwd_kernel.space
 
 
-@pytest.mark.parametrize("i", range(6))
+N_CONV, N_FWD, N_BWD = 8, 7, 7  # sizes of the spaces (checked below)
+
+
+@pytest.mark.parametrize("i", range(N_CONV))
 @pytest.mark.parametrize("act", ["none", "gelu"])
 def test_conv_kernels_every_config(i, act):
     import csrc_triton.dwconv_tokens as k
@@ -70,7 +73,7 @@ def test_conv_kernels_every_config(i, act):
     assert_close(dbc, ref["dbc"], torch.float32, f"conv db {cfg}")
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(N_FWD))
 @pytest.mark.parametrize("act", ["none", "gelu"])
 def test_onepass_forward_every_config(i, act):
     import csrc_triton.adapter_onepass as k1
@@ -89,7 +92,7 @@ def test_onepass_forward_every_config(i, act):
     assert_close(pre[:, P:], ref["pre"][:, P:], torch.float32, f"one-pass pre {cfg}")
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(N_BWD))
 @pytest.mark.parametrize("act,load_pre", [("none", False), ("gelu", False), ("gelu", True), ("none", True)])
 def test_onepass_backward_every_config(i, act, load_pre):
     import csrc_triton.adapter_onepass as k1
@@ -100,7 +103,7 @@ def test_onepass_backward_every_config(i, act, load_pre):
     c = _case(ks, seed=20 + i)
     ref = _reference(c, ks, act)
     pre = ref["pre"].float() if load_pre else None
-    flip_cfg = k.CONV_SPACE[i]
+    flip_cfg = _conv_space()[i]
     z, dh, dwc, dbc = k1.onepass_bwd(c["dy"], c["h"], pre, c["wc"].reshape(CA, -1).contiguous(), c["bc"],
                                      c["w2"], T, H, W, P, ks, ACTS[act], config=cfg, flip_config=flip_cfg)
     what = f"one-pass bwd {cfg} load_pre={load_pre}"
@@ -114,12 +117,15 @@ def test_spaces_are_small_and_well_formed():
     import csrc_triton.dwconv_tokens as k
 
     fwd, bwd = _onepass_spaces()
-    for space, keys in ((k.CONV_SPACE, {"BLOCK_M", "BLOCK_C"}), (fwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"}),
+    assert (len(_conv_space()), len(fwd), len(bwd)) == (N_CONV, N_FWD, N_BWD)
+    for space, keys in ((_conv_space(), {"BLOCK_M", "BLOCK_C"}), (fwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"}),
                         (bwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"})):
         assert 1 < len(space) <= 8
         assert len({tuple(sorted(d.items())) for d in space}) == len(space), "duplicate configs"
+        assert any(d["GROUP_S"] > 0 for d in space), "the T-major token order is tuned too"
         for d in space:
-            assert set(d) == keys | {"num_warps"}
-            assert all(v & (v - 1) == 0 for v in d.values()), d  # powers of two
+            assert set(d) == keys | {"GROUP_S", "num_warps"}
+            assert all(v & (v - 1) == 0 for v in d.values()), d  # powers of two (or GROUP_S=0)
             # tl.dot needs every dot dimension >= 16 on GPU
             assert all(d[b] >= 16 for b in keys), d
+            assert d["GROUP_S"] == 0 or d["BLOCK_M"] % d["GROUP_S"] == 0, d

@@ -52,11 +52,12 @@ def _onepass_fwd_kernel(
         k_mask = offs_k < CA
         z = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
                        KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
-        if STORE_PRE:
-            if pid_n == 0:
-                pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
-                tl.store(PRE + pre_row[:, None] + offs_k[None, :], z.to(PRE.dtype.element_ty),
-                         mask=m_mask[:, None] & k_mask[None, :])
+        if STORE_PRE:  # only the first column tile stores; the mask is all-block (no scalar `if`:
+            # Triton 3.6's interpreter cannot branch on a program id, 3.9's cannot mix scalars into masks)
+            first = (pid_n + tl.zeros((BLOCK_K,), tl.int32)) == 0
+            pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
+            tl.store(PRE + pre_row[:, None] + offs_k[None, :], z.to(PRE.dtype.element_ty),
+                     mask=m_mask[:, None] & (k_mask & first)[None, :])
         if ACT != 0:
             z = _act_fwd(z, ACT)
         z = tl.where(m_mask[:, None] & k_mask[None, :], z, 0.0)

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine: GPU tests, then the GPU benchmark in phases (each with its own time
 # limit and JSON, so a slow phase still leaves the others' results), then the table and chart.
-#   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/out)
-# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). ~10 minutes at most:
-# tests 180 s + phases 200 + 120 + 90 + 60 s (each phase's JSON is kept if a later one times out).
+#   bash benchmarks/run_gpu.sh [OUT_DIR] [PHASES]   (OUT_DIR default: $OUT, else benchmarks/out;
+#                                                   PHASES default "T A B C D")
+# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). All phases take up
+# to ~11 minutes (T 180 s, A 200, B 120, C 90, D 60; each phase's JSON is kept if a later one times
+# out), so on a machine with a 10-minute limit per command run it as two calls, e.g. "T A" then
+# "B C D" (on the device tool each call gets its own $OUT). The Triton autotuner's picks are logged (TRITON_PRINT_AUTOTUNING) in
+# each phase's .log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/out}}"
+PHASES="${2:-T A B C D}"
 mkdir -p "$OUT_DIR"
+export TRITON_PRINT_AUTOTUNING=1
+want() { [[ " $PHASES " == *" $1 "* ]]; }
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds"
+BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --benchmark-columns=median,iqr,rounds"
 
 {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+uncommitted changes)')"
@@ -19,24 +26,38 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --bench
   $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
 } | tee "$OUT_DIR/env.txt"
 
+if want T; then
 echo "== GPU tests"
 timeout 180 $PY -m pytest tests/test_gpu.py tests/csrc_triton/test_tuning_configs.py tests/ops/test_dwconv_tokens.py \
   tests/test_modules.py -q -x -p no:cacheprovider \
   -k "gpu or every_config or spaces or (triton and (k311 or k333) and (none or gelu) and not gradcheck) or (test_modules and triton and bfloat16)" \
-  2>&1 | tail -n 15 | tee "$OUT_DIR/gpu_tests.txt"
+  > "$OUT_DIR/gpu_tests.log" 2>&1; tail -n 15 "$OUT_DIR/gpu_tests.log" | tee "$OUT_DIR/gpu_tests.txt"
+fi
 
+if want A; then
 echo "== Phase A: every provider, ViT-B/16 8 frames, release kernel, bf16 (levels 1-2)"
 timeout 200 $BENCH -k "vitb16_8f and k311 and bfloat16 and (test_conv or test_adapter)" \
-  --benchmark-json="$OUT_DIR/phase_a.json" 2>&1 | tail -n 5
+  --benchmark-json="$OUT_DIR/phase_a.json" \
+  > "$OUT_DIR/phase_a.log" 2>&1; tail -n 5 "$OUT_DIR/phase_a.log"
+fi
+if want B; then
 echo "== Phase B: reference vs fast over shapes, kernels and dtypes (levels 1-2)"
 timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and not compiled and not channels_last and not (vitb16_8f and k311 and bfloat16)" \
-  --benchmark-json="$OUT_DIR/phase_b.json" 2>&1 | tail -n 5
+  --benchmark-json="$OUT_DIR/phase_b.json" \
+  > "$OUT_DIR/phase_b.log" 2>&1; tail -n 5 "$OUT_DIR/phase_b.log"
+fi
+if want C; then
 echo "== Phase C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
 timeout 90 $BENCH --no-compiled-baseline -k "test_model and bfloat16 and not compiled" \
-  --benchmark-json="$OUT_DIR/phase_c.json" 2>&1 | tail -n 5
+  --benchmark-json="$OUT_DIR/phase_c.json" \
+  > "$OUT_DIR/phase_c.log" 2>&1; tail -n 5 "$OUT_DIR/phase_c.log"
+fi
 
+if want D; then
 echo "== Phase D: M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time"
-timeout 60 $BENCH -k "test_madapter" --benchmark-json="$OUT_DIR/phase_d.json" 2>&1 | tail -n 5
+timeout 60 $BENCH -k "test_madapter" --benchmark-json="$OUT_DIR/phase_d.json" \
+  > "$OUT_DIR/phase_d.log" 2>&1; tail -n 5 "$OUT_DIR/phase_d.log"
+fi
 
 echo "== Report"
 jsons=$(ls "$OUT_DIR"/phase_*.json 2>/dev/null)

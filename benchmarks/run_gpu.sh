@@ -6,8 +6,8 @@
 # Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). All phases take up
 # to ~11 minutes (T 180 s, A 200, B 120, C 90, D 60; each phase's JSON is kept if a later one times
 # out), so on a machine with a 10-minute limit per command run it as two calls, e.g. "T A" then
-# "B C D" (on the device tool each call gets its own $OUT). The Triton autotuner's picks are logged (TRITON_PRINT_AUTOTUNING) in
-# each phase's .log.
+# "B C D" (on the device tool each call gets its own $OUT). The Triton autotuner's picks are logged
+# (TRITON_PRINT_AUTOTUNING) in each phase's .log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/out}}"

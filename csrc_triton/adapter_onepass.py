@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .dwconv_tokens import (INTERPRET, TunedKernel, _acc_dtype, _act_fwd, _act_grad, _check_token_tensor, _conv_tile,
-                            DEFAULTS, _on_device, _store_wgrad_partials, _tile_coords, _token_coords, dwconv_tokens_fwd,
-                            token_programs)
+from .dwconv_tokens import (DEFAULTS, INTERPRET, TunedKernel, _acc_dtype, _act_fwd, _act_grad, _check_clips,
+                            _check_token_tensor, _conv_tile, _on_device, _store_wgrad_partials, _tile_coords,
+                            _token_coords, dwconv_tokens_fwd, token_programs)
 
 
 @triton.jit
@@ -158,7 +158,7 @@ BWD_SPACE = [
     dict(BLOCK_M=64, BLOCK_K=128, BLOCK_N=64, num_warps=4),
     dict(BLOCK_M=128, BLOCK_K=64, BLOCK_N=64, num_warps=8),
     dict(BLOCK_M=128, BLOCK_K=128, BLOCK_N=32, num_warps=8),
-    dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=64, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_K=128, BLOCK_N=32, num_warps=8),
     dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128, num_warps=4),
     dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
 ]
@@ -183,6 +183,7 @@ def onepass_fwd(h: torch.Tensor, x: torch.Tensor, out: torch.Tensor, wc2d: torch
     for t in (h, x, out) + ((pre,) if pre is not None else ()):
         _check_token_tensor(t)
     N, L, CA = h.shape
+    _check_clips(N, T)
     C = x.shape[2]
     M = N * H * W
     if M == 0:
@@ -218,6 +219,7 @@ def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2
     for t in (dy, h) + ((pre,) if pre is not None else ()):
         _check_token_tensor(t)
     N, L, CA = h.shape
+    _check_clips(N, T)
     C = dy.shape[2]
     M = N * H * W
     kt, kh, kw = kernel_size

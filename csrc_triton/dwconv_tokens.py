@@ -17,6 +17,7 @@ so strided views (e.g. ``x[:, 1:, :]``) are read in place.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import triton
@@ -109,7 +110,8 @@ def _tile_coords(M, C, T, H, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GR
 
 
 def token_programs(M: int, HW: int, meta: dict) -> int:
-    """Programs along the token axis for a launch with meta-parameters ``meta`` (see ``_token_coords``)."""
+    """Programs along the token axis for a launch with meta-parameters ``meta`` (see ``_token_coords``;
+    the launchers check that the frames form whole clips, which the T-major order relies on)."""
     g = meta.get("GROUP_S", 0)
     rows = M if g == 0 else (M // HW) * triton.cdiv(HW, g) * g
     return triton.cdiv(rows, meta["BLOCK_M"])
@@ -247,6 +249,9 @@ class TunedKernel:
         self.interp = interp
         #: a config every launch uses (tests set it to force small tiles); None: tune / interp.
         self.forced: dict | None = None
+        # The Autotuner keeps per-call state (the args, best_config): one launch at a time per kernel,
+        # so the config read back is the one that ran even with one backward thread per GPU.
+        self._lock = threading.Lock()
         self.tuned = None
         if not INTERPRET:
             cfgs = [triton.Config({k: v for k, v in d.items() if not k.startswith("num_")},
@@ -267,8 +272,9 @@ class TunedKernel:
         if config is not None:
             self.kernel[grid(config)](*args, **consts, **config)
             return config
-        self.tuned[grid](*args, **consts)
-        best = getattr(self.tuned, "best_config", None)
+        with self._lock:
+            self.tuned[grid](*args, **consts)
+            best = getattr(self.tuned, "best_config", None)
         if best is None:  # every Triton 3.x Autotuner sets it; refuse to guess
             raise RuntimeError("triton.autotune did not report its chosen config (best_config)")
         return dict(best.kwargs, num_warps=best.num_warps)
@@ -286,10 +292,12 @@ def _conv_interp(C: int) -> dict:
 
 #: Meta-parameters a config may leave out.
 DEFAULTS = dict(GROUP_S=0)
-#: GPU configs of the two conv kernels (bandwidth-bound: tile shape, token order and warps).
+#: GPU configs of the two conv kernels (bandwidth-bound: tile shape, token order and warps). No
+#: BLOCK_M below 64: the backward's partial-sum buffer is (taps + 1) * 4 / BLOCK_M bytes per token and
+#: channel (for (3,3,3) at BLOCK_M=64 already 0.9x the size of a bf16 h).
 CONV_SPACE = [
     dict(BLOCK_M=64, BLOCK_C=128, GROUP_S=0, num_warps=4),
-    dict(BLOCK_M=32, BLOCK_C=128, GROUP_S=0, num_warps=4),
+    dict(BLOCK_M=64, BLOCK_C=32, GROUP_S=0, num_warps=2),
     dict(BLOCK_M=128, BLOCK_C=64, GROUP_S=0, num_warps=4),
     dict(BLOCK_M=128, BLOCK_C=128, GROUP_S=0, num_warps=8),
     dict(BLOCK_M=256, BLOCK_C=64, GROUP_S=0, num_warps=8),
@@ -315,6 +323,11 @@ def _check_token_tensor(t: torch.Tensor) -> None:
         raise ValueError(f"token tensor must have unit channel stride, got strides {tuple(t.stride())}")
 
 
+def _check_clips(N: int, T: int) -> None:
+    if T < 1 or N % T != 0:
+        raise ValueError(f"token tensors hold N = {N} frames, expected a multiple of T = {T} (whole clips)")
+
+
 def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                       out: torch.Tensor, T: int, H: int, W: int, p_in: int, p_out: int,
                       kernel_size: tuple[int, int, int], act: int, flip: bool = False,
@@ -328,6 +341,7 @@ def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     _check_token_tensor(h)
     _check_token_tensor(out)
     N, _, C = h.shape
+    _check_clips(N, T)
     M = N * H * W
     if M == 0:
         return out
@@ -357,6 +371,7 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
     _check_token_tensor(h)
     _check_token_tensor(dz)
     N, L, C = h.shape
+    _check_clips(N, T)
     M = N * H * W
     kt, kh, kw = kernel_size
     taps = kt * kh * kw

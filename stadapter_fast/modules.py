@@ -104,7 +104,9 @@ class FastSTAdapter(_STAdapterBase):
     ``stadapter_fast._backend.AUTO_PATH`` (two_pass everywhere today; GPU unmeasured).
 
     ``recompute`` (one-pass path only): True keeps only x and h for backward and recomputes the conv
-    there; False also keeps the pre-activation ``conv(h) + b`` ([B*T, L, Ca]) to skip that conv.
+    there; False also keeps the pre-activation ``conv(h) + b`` ([B*T, L, Ca], in the activation
+    dtype: in bf16 its rounding makes the grads differ slightly from recompute=True's) to skip that
+    conv. Under ``torch.no_grad()`` nothing is kept either way.
     """
 
     def __init__(self, *args, path: str = "auto", recompute: bool = True, **kwargs) -> None:
@@ -128,8 +130,10 @@ class FastSTAdapter(_STAdapterBase):
         backend = resolve_backend(self.backend, x.device)
         if resolve_path(self.path, backend, self.kernel_size) == "one_pass":
             check_conv_args(h, self.conv.weight, self.conv.bias, T)
+            # nothing to keep without autograd: recompute=False would only write an unused tensor
+            recompute = self.recompute or not torch.is_grad_enabled()
             return adapter_onepass(x, h, self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias, T,
-                                   grid[0], grid[1], P, self.act, backend, recompute=self.recompute)
+                                   grid[0], grid[1], P, self.act, backend, recompute=recompute)
         z = st_adapter_conv(h, self.conv.weight, self.conv.bias, T, grid, P, self.act, backend)
         return fc2_residual(x, z, self.fc2.weight, self.fc2.bias, P)
 

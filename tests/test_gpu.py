@@ -84,7 +84,7 @@ def test_autotuned_launch_is_deterministic_for_its_config():
     tuned = k1.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2)
     pick = k1.onepass_bwd_kernel.tuned.best_config
     cfg = dict(pick.kwargs, num_warps=pick.num_warps)
-    assert cfg in k1.BWD_SPACE
+    assert cfg in k1.onepass_bwd_kernel.space
     again = k1.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2, config=cfg)
     for a, b in zip(tuned[2:], again[2:]):
         assert torch.equal(a, b)

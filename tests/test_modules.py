@@ -166,6 +166,27 @@ def test_onepass_without_recompute(backend, dtype, ks, act):
     check_against_fp64(fast, ref, x, 4, dtype)
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_onepass_no_grad_keeps_nothing(monkeypatch, backend):
+    """recompute=False under no_grad: the same output, and no pre-activation is written."""
+    import stadapter_fast.ops.adapter_onepass as mod
+
+    fast, _ = pair(act="gelu", backend=backend, path="one_pass")
+    fast.recompute = False
+    x = torch.randn(4, 10, 40, device=DEVICE)
+    calls, real = [], mod._onepass_op
+
+    def spy(*args):
+        calls.append(args[11])  # the recompute argument
+        return real(*args)
+    monkeypatch.setattr(mod, "_onepass_op", spy)
+    with torch.no_grad():
+        y = fast(x, 2)
+    y2 = fast(x, 2)
+    assert calls == [True, False]  # recompute forced on without autograd
+    assert_close(y, y2.detach(), torch.float32, "y")
+
+
 def test_path_auto_and_recompute_validation():
     from stadapter_fast._backend import AUTO_PATH, resolve_path
 

@@ -129,3 +129,18 @@ def test_spaces_are_small_and_well_formed():
             # tl.dot needs every dot dimension >= 16 on GPU
             assert all(d[b] >= 16 for b in keys), d
             assert d["GROUP_S"] == 0 or d["BLOCK_M"] % d["GROUP_S"] == 0, d
+
+
+def test_launchers_refuse_partial_clips():
+    """The T-major order walks whole clips: a frame count that is not a multiple of T is refused
+    (the op layer checks it first; this guards direct launcher calls)."""
+    import csrc_triton.adapter_onepass as k1
+    import csrc_triton.dwconv_tokens as k
+
+    c = _case((3, 1, 1))
+    h = c["h"][:7]  # 7 frames, T = 4
+    w2d = c["wc"].reshape(CA, -1).contiguous()
+    with pytest.raises(ValueError, match="N = 7 frames, expected a multiple of T = 4"):
+        k.dwconv_tokens_fwd(h, w2d, None, torch.empty_like(h), T, H, W, P, P, (3, 1, 1), 0)
+    with pytest.raises(ValueError, match="N = 7 frames"):
+        k1.onepass_bwd(c["dy"][:7], h, None, w2d, None, c["w2"], T, H, W, P, (3, 1, 1), 0)

@@ -93,14 +93,3 @@ def build_models(adapters_per_block: int, frames: int, dtype: torch.dtype, gpu: 
     swap_adapters(fast)
     return ref, fast, img
 
-
-def set_adapter_path(model: nn.Module, path: str, recompute: bool = True) -> int:
-    """Switch every FastSTAdapter in ``model`` to ``path`` ("two_pass" / "one_pass") and ``recompute``;
-    returns how many."""
-    from stadapter_fast import FastSTAdapter
-
-    adapters = [m for m in model.modules() if isinstance(m, FastSTAdapter)]
-    for m in adapters:
-        m.path = path
-        m.recompute = recompute
-    return len(adapters)

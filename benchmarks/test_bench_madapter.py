@@ -10,7 +10,7 @@ import torch
 
 from benchmarks._harness import device, peak_memory_bytes, sync, versions
 from stadapter_fast import (MAdapterConfig, MAdapterVideoClassifier, STAdapterConfig, VideoClassifier,
-                            add_st_adapters, ensure_torchvision_importable)
+                            add_st_adapters, ensure_torchvision_importable, set_adapter_path)
 from stadapter_fast.memory import saved_activation_bytes
 
 ensure_torchvision_importable()
@@ -25,8 +25,6 @@ def build(method, dtype):
         impl = "reference" if method.endswith("reference") else "fast"
         clf = VideoClassifier(add_st_adapters(bb, STAdapterConfig(backbone_dtype=dtype, impl=impl)), 400, 8)
         if "onepass" in method:
-            from benchmarks._model import set_adapter_path
-
             set_adapter_path(clf, "one_pass", recompute=not method.endswith("stored"))
     else:
         clf = MAdapterVideoClassifier(bb, MAdapterConfig(width=384, levels=3, backbone_dtype=dtype), 400, 8)

@@ -6,7 +6,8 @@ import torch
 
 from benchmarks._cases import AMP_DTYPES, MODEL_PROVIDERS, dtype_id
 from benchmarks._harness import device
-from benchmarks._model import build_models, set_adapter_path
+from benchmarks._model import build_models
+from stadapter_fast import set_adapter_path
 from benchmarks.conftest import skip_unavailable
 
 CONFIGS = [("12x384", 1), ("24x384", 2)]

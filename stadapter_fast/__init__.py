@@ -2,13 +2,13 @@
 
 Public API::
 
-    from stadapter_fast import FastSTAdapter, STAdapterReference, swap_adapters, st_adapter_conv
+    from stadapter_fast import FastSTAdapter, STAdapterReference, swap_adapters, set_adapter_path, st_adapter_conv
     from stadapter_fast import STAdapterConfig, add_st_adapters, VideoClassifier, save_adapters, load_adapters
 """
-from ._backend import BACKENDS, resolve_backend
+from ._backend import BACKENDS, PATHS, resolve_backend
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import ACTIVATIONS, st_adapter_conv
-from .swap import swap_adapters
+from .swap import set_adapter_path, swap_adapters
 from .integration import (STAdapterConfig, VideoClassifier, add_st_adapters, adapter_parameter_count,
                           count_parameters, create_backbone, set_num_frames)
 from .madapter import MAdapterConfig, MAdapterVideoClassifier
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "PATHS",
     "FastSTAdapter",
     "MAdapterConfig",
     "MAdapterVideoClassifier",
@@ -35,6 +36,7 @@ __all__ = [
     "read_adapter_metadata",
     "resolve_backend",
     "save_adapters",
+    "set_adapter_path",
     "set_num_frames",
     "st_adapter_conv",
     "swap_adapters",

@@ -13,6 +13,12 @@ import torch
 from torch import nn
 
 FORMAT = "stadapter-fast/adapters-v1"
+#: Config fields that choose how adapters run, not what they compute: not compared on load.
+RUNTIME_FIELDS = ("impl", "backend", "path", "recompute")
+
+
+def _comparable(v):
+    return {k: x for k, x in v.items() if k not in RUNTIME_FIELDS} if isinstance(v, dict) else v
 
 
 def _describe(model: nn.Module) -> dict:
@@ -85,7 +91,7 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
     meta = read_adapter_metadata(path)
     mine = _describe(model)
     for key in ("backbone", "adapter_config", "m_adapter_config", "head"):
-        if meta.get(key) != mine.get(key):
+        if _comparable(meta.get(key)) != _comparable(mine.get(key)):
             raise ValueError(f"{path}: checkpoint {key} {meta.get(key)} does not match the model's {mine.get(key)}")
     tensors = load_file(str(path))
     params = dict(model.named_parameters())

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ._backend import PATHS
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import check_kernel_size, normalize_act
 
@@ -38,6 +39,9 @@ class STAdapterConfig:
         layers: "all", an int k (the last k blocks), or a sequence of block indices.
         impl: "fast" (FastSTAdapter) or "reference" (STAdapterReference, for comparisons).
         backend: backend of the fast adapters ("auto", "triton", "torch").
+        path, recompute: the fast adapters' execution path ("auto", "two_pass", "one_pass") and
+            one-pass recompute option (see FastSTAdapter). Like impl and backend, they do not affect
+            checkpoints.
         freeze_backbone: only adapters (and a classifier head) train.
         backbone_dtype: e.g. torch.float16 / torch.bfloat16 casts the frozen backbone (the release's
             recipe, with adapters and head kept fp32 under autocast); None leaves it as is.
@@ -50,6 +54,8 @@ class STAdapterConfig:
     layers: Union[str, int, Sequence[int]] = "all"
     impl: str = "fast"
     backend: str = "auto"
+    path: str = "auto"
+    recompute: bool = True
     freeze_backbone: bool = True
     backbone_dtype: Optional[torch.dtype] = None
 
@@ -65,6 +71,10 @@ class STAdapterConfig:
             raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {self.positions!r}")
         if self.impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if not isinstance(self.recompute, bool):
+            raise ValueError(f"recompute must be a bool, got {self.recompute!r}")
         if not (self.layers == "all" or (isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers >= 1)
                 or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))):
             raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a list of block indices, "
@@ -215,9 +225,11 @@ def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, 
     frames = FrameContext(num_frames)
     cls = FastSTAdapter if cfg.impl == "fast" else STAdapterReference
 
+    fast_kw = dict(path=cfg.path, recompute=cfg.recompute) if cfg.impl == "fast" else {}
+
     def make():
         a = cls(arch.width, cfg.adapter_channels, cfg.kernel_size, act=cfg.act,
-                num_prefix_tokens=arch.num_prefix_tokens, grid_size=arch.grid, backend=cfg.backend)
+                num_prefix_tokens=arch.num_prefix_tokens, grid_size=arch.grid, backend=cfg.backend, **fast_kw)
         return a.to(ref.device)  # fp32 adapters, whatever the backbone's dtype
 
     for i in _chosen_layers(cfg.layers, arch.depth):

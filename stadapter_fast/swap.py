@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
+from ._backend import PATHS
 from .modules import FastSTAdapter, STAdapterReference
 
 
@@ -37,7 +38,8 @@ def _is_official_adapter(m: nn.Module) -> bool:
 
 
 def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
-                  grid_size: Optional[Sequence[int]] = None, backend: str = "auto") -> int:
+                  grid_size: Optional[Sequence[int]] = None, backend: str = "auto", path: str = "auto",
+                  recompute: bool = True) -> int:
     """Replace, in place, every official-style ST-Adapter in ``model`` with a :class:`FastSTAdapter`.
 
     An official-style adapter has children ``fc1`` (Linear C->Ca), ``conv`` (depthwise Conv3d over Ca,
@@ -45,8 +47,9 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
     :class:`STAdapterReference` modules are swapped keeping their ``act``, prefix count and grid;
     other adapters get the release's semantics (no activation, one class token, square grid) unless
     ``num_prefix_tokens`` / ``grid_size`` say otherwise. Weights, dtype, device, ``requires_grad``
-    and train/eval mode carry over. Returns how many modules were replaced (0 if ``model`` itself
-    is an adapter: swap it by assignment instead).
+    and train/eval mode carry over. ``backend``, ``path`` and ``recompute`` go to every new
+    :class:`FastSTAdapter`. Returns how many modules were replaced (0 if ``model`` itself is an
+    adapter: swap it by assignment instead).
 
     Note: the release adds into its input in place; FastSTAdapter returns a new tensor. Code that
     uses the return value (``x = adapter(x, T)``, as the release's blocks do) behaves the same.
@@ -71,7 +74,7 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
             kw["grid_size"] = grid_size
         w = old.fc1.weight
         new = FastSTAdapter(old.fc1.in_features, old.fc1.out_features, kernel_size=tuple(old.conv.kernel_size),
-                            backend=backend, **kw).to(device=w.device, dtype=w.dtype)
+                            backend=backend, path=path, recompute=recompute, **kw).to(device=w.device, dtype=w.dtype)
         new.load_state_dict(old.state_dict(), strict=True)
         old_params = dict(old.named_parameters())
         for pn, p_new in new.named_parameters():
@@ -79,3 +82,17 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
         new.train(old.training)
         setattr(parent, name, new)
     return len(targets)
+
+
+def set_adapter_path(model: nn.Module, path: str, recompute: bool = True) -> int:
+    """Set ``path`` ("auto", "two_pass", "one_pass") and ``recompute`` on every :class:`FastSTAdapter` in
+    ``model`` (see :class:`FastSTAdapter`); returns how many. Checkpoints are unaffected."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be a bool, got {recompute!r}")
+    adapters = [m for m in model.modules() if isinstance(m, FastSTAdapter)]
+    for m in adapters:
+        m.path = path
+        m.recompute = recompute
+    return len(adapters)

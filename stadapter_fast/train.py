@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", default="all", help="'all', k (last k blocks) or comma-separated indices")
     m.add_argument("--act", default=None, choices=["relu", "gelu", "gelu_tanh", "quick_gelu", "silu"])
     m.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
+    m.add_argument("--adapter-path", choices=["auto", "two_pass", "one_pass"], default="auto",
+                   help="fast adapters' execution path (see FastSTAdapter); checkpoints are unaffected")
+    m.add_argument("--no-recompute", action="store_true",
+                   help="one-pass path: keep the conv's pre-activation for backward instead of recomputing it")
     m.add_argument("--dropout", type=float, default=0.5)
     o = ap.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=12)
@@ -112,7 +116,7 @@ def _dist():
 
 
 def build_model(args, num_classes: int, device: torch.device):
-    from . import STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone
+    from . import STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone, set_adapter_path
 
     kwargs = json.loads(args.backbone_kwargs or "{}")
     if args.backbone.startswith("timm:"):
@@ -128,7 +132,9 @@ def build_model(args, num_classes: int, device: torch.device):
         levels = int(args.m_levels) if "," not in args.m_levels else [int(i) for i in args.m_levels.split(",")]
         cfg = MAdapterConfig(levels=levels, width=args.m_width, kernel_size=tuple(args.kernel_size),
                              act=args.act or "gelu", fusion=args.m_fusion, impl=args.adapter_impl, backbone_dtype=bdt)
-        return MAdapterVideoClassifier(backbone, cfg, num_classes, num_frames=args.frames, dropout=args.dropout).to(device)
+        clf = MAdapterVideoClassifier(backbone, cfg, num_classes, num_frames=args.frames, dropout=args.dropout)
+        set_adapter_path(clf, args.adapter_path, recompute=not args.no_recompute)
+        return clf.to(device)
     if args.method == "frame-only":
         backbone.requires_grad_(False)
         if bdt is not None:
@@ -139,7 +145,8 @@ def build_model(args, num_classes: int, device: torch.device):
             layers = int(layers) if "," not in layers else [int(i) for i in layers.split(",")]
         cfg = STAdapterConfig(adapter_channels=args.adapter_channels, kernel_size=tuple(args.kernel_size),
                               act=args.act, positions=tuple(args.positions), layers=layers,
-                              impl=args.adapter_impl, backbone_dtype=bdt)
+                              impl=args.adapter_impl, path=args.adapter_path, recompute=not args.no_recompute,
+                              backbone_dtype=bdt)
         add_st_adapters(backbone, cfg, num_frames=args.frames)
     return VideoClassifier(backbone, num_classes, num_frames=args.frames, dropout=args.dropout).to(device)
 

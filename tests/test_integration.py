@@ -206,6 +206,21 @@ def test_save_load_round_trip(tmp_path, make):
     assert torch.equal(fresh(v), clf(v))
 
 
+def test_path_options_reach_the_adapters_and_do_not_bind_checkpoints(tmp_path):
+    clf = build_clf(path="one_pass", recompute=False)
+    adapters = [m for m in clf.modules() if isinstance(m, FastSTAdapter)]
+    assert adapters and all((m.path, m.recompute) == ("one_pass", False) for m in adapters)
+    randomize_trainable(clf, seed=6)
+    path = save_adapters(clf, tmp_path / "p.safetensors")
+    for other in (build_clf(), build_clf(impl="reference", backend="torch")):  # runtime choices differ
+        load_adapters(other, path)
+        assert torch.equal(dict(other.named_parameters())["head.weight"], dict(clf.named_parameters())["head.weight"])
+    with pytest.raises(ValueError, match="path must be one of"):
+        STAdapterConfig(path="fused")
+    with pytest.raises(ValueError, match="recompute must be a bool"):
+        STAdapterConfig(recompute="no")
+
+
 def test_load_errors_name_the_file(tmp_path):
     clf = build_clf()
     path = save_adapters(clf, tmp_path / "a.safetensors")

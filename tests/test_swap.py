@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from stadapter_fast import FastSTAdapter, STAdapterReference, swap_adapters
+from stadapter_fast import FastSTAdapter, STAdapterReference, set_adapter_path, swap_adapters
 from tests._util import DEVICE, assert_close
 
 
@@ -107,6 +107,18 @@ def test_swap_reference_keeps_its_config():
     assert swap_adapters(net, backend="torch") == 1
     new = net.ad
     assert (new.act, new.num_prefix_tokens, new.grid_size, new.backend) == ("quick_gelu", 2, (2, 4), "torch")
+
+
+def test_swap_path_options_and_set_adapter_path():
+    net = nn.ModuleDict({"a": OfficialAdapter(16, 8, (3, 1, 1)), "b": OfficialAdapter(16, 8, (3, 1, 1))})
+    assert swap_adapters(net, path="one_pass", recompute=False) == 2
+    assert all((m.path, m.recompute) == ("one_pass", False) for m in net.values())
+    assert set_adapter_path(net, "two_pass") == 2
+    assert all((m.path, m.recompute) == ("two_pass", True) for m in net.values())
+    with pytest.raises(ValueError, match="path must be one of"):
+        set_adapter_path(net, "onepass")
+    with pytest.raises(ValueError, match="recompute must be a bool, got 1"):
+        set_adapter_path(net, "one_pass", recompute=1)
 
 
 def test_swap_prefix_override_and_no_match():

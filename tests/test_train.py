@@ -50,6 +50,16 @@ def test_resume_continues_exactly(data, tmp_path):
     assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
 
 
+@pytest.mark.parametrize("method", ["st-adapter", "m-adapter"])
+def test_adapter_path_options(data, tmp_path, method):
+    s = main(args(data, tmp_path, "--loader", "pyav", "--method", method, "--epochs", "1", "--max-steps", "1",
+                  "--adapter-path", "one_pass", "--no-recompute"))
+    assert s["steps"] == 1
+    meta = read_adapter_metadata(tmp_path / "adapters.safetensors")
+    if method == "st-adapter":
+        assert (meta["adapter_config"]["path"], meta["adapter_config"]["recompute"]) == ("one_pass", False)
+
+
 def test_frame_only_baseline_trains_only_the_head(data, tmp_path):
     s = main(args(data, tmp_path, "--loader", "pyav", "--method", "frame-only", "--epochs", "1"))
     assert s["trainable_params"] == 64 * 4 + 4

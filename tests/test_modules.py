@@ -66,6 +66,16 @@ def test_parity_with_reference(path, backend, dtype, ks, act):
     check_against_fp64(fast, ref, x, 4, dtype)
 
 
+@pytest.mark.parametrize("act", ["relu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_other_activations(path, backend, act):
+    """The activations the main parity test leaves out, on both paths (fp32, (1,3,3))."""
+    fast, ref = pair(ks=(1, 3, 3), act=act, backend=backend, path=path, seed=12)
+    x = torch.randn(2 * 4, 1 + 9, 40, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    check_against_fp64(fast, ref, x, 4, torch.float32)
+
+
 @pytest.mark.parametrize("P,grid,T", [(0, None, 2), (2, (2, 5), 8), (1, (4, 2), 1)])
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("path", PATHS)

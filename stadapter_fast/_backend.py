@@ -63,10 +63,11 @@ PATHS = ("auto", "two_pass", "one_pass")
 #: What ``path="auto"`` runs, per (backend that runs, shape class), with the measurement behind it.
 #: Shape classes: "temporal" = kernel (kt, 1, 1) (the release's (3, 1, 1)), "spatial" = kh*kw > 1.
 AUTO_PATH = {
-    # CPU, 2 cores, cpu_small (B=2, T=8, 8x8 grid, C=96, Ca=48), fp32 and bf16-autocast, adapter
-    # fwd+bwd vs the reference (benchmarks/RESULTS.md, commit 6afcdcb): two_pass 1.20-1.31x,
-    # one_pass 1.10-1.16x. The torch one-pass recomputes the conv in backward and saves nothing by it
-    # on CPU (no fused kernel there), so two_pass wins both shape classes.
+    # CPU, 2 cores, cpu_small (B=2, T=8, 8x8 grid, C=96, Ca=48), bf16 autocast, adapter fwd+bwd vs
+    # the reference (benchmarks/RESULTS.md): at commit 6afcdcb two_pass 1.20-1.31x, one_pass
+    # 1.10-1.16x; at 5b943c7 (3,1,1) two_pass 1.11x vs one_pass 1.13x (a tie within the +-10% noise),
+    # (3,3,3) 1.26x vs 1.14x. The torch one-pass recomputes the conv in backward (no fused kernel on
+    # CPU), so two_pass: faster for spatial kernels, tied or faster for temporal ones.
     ("torch", "temporal"): "two_pass",
     ("torch", "spatial"): "two_pass",
     # Triton (GPU): NOT MEASURED yet -- no GPU was available to the sessions that wrote the one-pass
@@ -75,6 +76,14 @@ AUTO_PATH = {
     ("triton", "temporal"): "two_pass",
     ("triton", "spatial"): "two_pass",
 }
+
+
+def check_path_options(path: str, recompute: bool) -> None:
+    """Validate ``FastSTAdapter``'s ``path`` and ``recompute`` (ValueError naming the argument)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be a bool, got {recompute!r}")
 
 
 def resolve_path(path: str, backend: str, kernel_size: tuple[int, int, int]) -> str:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ._backend import PATHS
+from ._backend import check_path_options
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import check_kernel_size, normalize_act
 
@@ -71,10 +71,7 @@ class STAdapterConfig:
             raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {self.positions!r}")
         if self.impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
-        if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
-        if not isinstance(self.recompute, bool):
-            raise ValueError(f"recompute must be a bool, got {self.recompute!r}")
+        check_path_options(self.path, self.recompute)
         if not (self.layers == "all" or (isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers >= 1)
                 or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))):
             raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a list of block indices, "

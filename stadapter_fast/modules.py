@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._backend import BACKENDS, PATHS, resolve_backend, resolve_path
+from ._backend import BACKENDS, check_path_options, resolve_backend, resolve_path
 from .ops.adapter_onepass import adapter_onepass
 from .ops.dwconv_tokens import _check_conv_args as check_conv_args
 from .ops.dwconv_tokens import (act_fwd, check_grid_size, check_kernel_size, check_num_prefix_tokens,
@@ -111,10 +111,7 @@ class FastSTAdapter(_STAdapterBase):
 
     def __init__(self, *args, path: str = "auto", recompute: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        if not isinstance(recompute, bool):
-            raise ValueError(f"recompute must be a bool, got {recompute!r}")
+        check_path_options(path, recompute)
         self.path = path
         self.recompute = recompute
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from ._backend import PATHS
+from ._backend import check_path_options
 from .modules import FastSTAdapter, STAdapterReference
 
 
@@ -87,10 +87,7 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
 def set_adapter_path(model: nn.Module, path: str, recompute: bool = True) -> int:
     """Set ``path`` ("auto", "two_pass", "one_pass") and ``recompute`` on every :class:`FastSTAdapter` in
     ``model`` (see :class:`FastSTAdapter`); returns how many. Checkpoints are unaffected."""
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if not isinstance(recompute, bool):
-        raise ValueError(f"recompute must be a bool, got {recompute!r}")
+    check_path_options(path, recompute)
     adapters = [m for m in model.modules() if isinstance(m, FastSTAdapter)]
     for m in adapters:
         m.path = path

@@ -10,9 +10,14 @@ import torch
 BACKENDS = ("auto", "triton", "torch")
 
 
+#: Whether the ``triton`` package is installed, decided once at import: ``resolve_backend`` runs inside
+#: modules' ``forward``, and dynamo on torch 2.11 refuses to trace ``importlib.util.find_spec``.
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    """True if the ``triton`` package can be imported here."""
-    return importlib.util.find_spec("triton") is not None
+    """True if the ``triton`` package is installed here (checked once, when this module is imported)."""
+    return _TRITON_AVAILABLE
 
 
 def triton_kernels(name: str):

@@ -55,24 +55,66 @@ def fc2_residual_backward(dy: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b
     return dz, dw2, db2
 
 
-class Fc2Residual(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, z, w2, b2, P: int):
-        ctx.save_for_backward(z, w2)
-        ctx.P = P
-        ctx.b_dtype = b2.dtype if b2 is not None else None
-        return fc2_residual_forward(x, z, w2, b2, P)
+# ----------------------------------------------------------------------------------------------
+# Custom ops + autograd. Not a ``torch.autograd.Function``: dynamo traces into those, and torch 2.11
+# does so wrongly here -- an autograd.Function output written by an in-place or ``out=`` op (the
+# ``addmm_`` into ``x + b2`` above) is taken as not requiring grad, a zero tangent is baked into the
+# compiled backward, and every gradient upstream comes out exactly zero with no error
+# (tests/ops/test_fc2_residual.py). A custom op is opaque to dynamo on every torch version.
+# ----------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, dy):
-        z, w2 = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dz, dw2, db2 = fc2_residual_backward(dy, z, w2, ctx.b_dtype if need[3] else None, ctx.P,
-                                             need_z=need[1], need_w2=need[2])
-        return (dy if need[0] else None), dz, dw2, db2, None
+@torch.library.custom_op("stadapter_fast::fc2_residual", mutates_args=())
+def _fc2_residual_op(x: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b2: Optional[torch.Tensor],
+                     P: int) -> torch.Tensor:
+    return fc2_residual_forward(x, z, w2, b2, P)
+
+
+@_fc2_residual_op.register_fake
+def _(x, z, w2, b2, P):
+    return x.new_empty(x.shape)
+
+
+def _skipped(t: torch.Tensor) -> torch.Tensor:
+    """A gradient the caller did not ask for (custom ops cannot return None)."""
+    return t.new_empty((0,))
+
+
+@torch.library.custom_op("stadapter_fast::fc2_residual_backward", mutates_args=())
+def _fc2_residual_bwd_op(dy: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b2: Optional[torch.Tensor], P: int,
+                         need_z: bool, need_w2: bool, need_b2: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dz, dW2, db2), each 1-D and empty where not needed (db2 also where ``b2`` is None)."""
+    need_b2 = need_b2 and b2 is not None
+    dz, dw2, db2 = fc2_residual_backward(dy, z, w2, b2.dtype if need_b2 else None, P, need_z=need_z,
+                                         need_w2=need_w2)
+    return (dz if need_z else _skipped(z), dw2 if need_w2 else _skipped(w2), db2 if need_b2 else _skipped(w2))
+
+
+@_fc2_residual_bwd_op.register_fake
+def _(dy, z, w2, b2, P, need_z, need_w2, need_b2):
+    need_b2 = need_b2 and b2 is not None
+    return (z.new_empty(z.shape) if need_z else _skipped(z), w2.new_empty(w2.shape) if need_w2 else _skipped(w2),
+            w2.new_empty((w2.shape[0],), dtype=b2.dtype) if need_b2 else _skipped(w2))
+
+
+def _setup_context(ctx, inputs, output):
+    x, z, w2, b2, P = inputs
+    ctx.save_for_backward(z, w2, b2)
+    ctx.P = P
+
+
+def _backward(ctx, dy):
+    z, w2, b2 = ctx.saved_tensors
+    need_x, need_z, need_w2, need_b2 = ctx.needs_input_grad[:4]
+    dz, dw2, db2 = _fc2_residual_bwd_op(dy, z, w2, b2, ctx.P, need_z, need_w2, need_b2)
+    return ((dy if need_x else None), (dz if need_z else None), (dw2 if need_w2 else None),
+            (db2 if need_b2 and b2 is not None else None), None)
+
+
+_fc2_residual_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fc2_residual(x: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b2: Optional[torch.Tensor],
                  num_prefix_tokens: int) -> torch.Tensor:
     """See module docstring. ``z`` must have zero prefix rows (as ``st_adapter_conv`` returns)."""
-    return Fc2Residual.apply(x, z, w2, b2, num_prefix_tokens)
+    return _fc2_residual_op(x, z, w2, b2, num_prefix_tokens)

@@ -1,17 +1,36 @@
 # Set-up and test entry points. `make test` builds .venv with a CPU-only torch (no CUDA wheels pulled)
-# and runs the test suite; `make test-system` runs it with an interpreter that already has torch/triton
-# (e.g. a GPU machine with CUDA torch): `make test-system PYTHON=python3`.
+# and runs the test suite; `make test-compat` runs it again on the oldest supported versions (CI runs
+# both); `make test-system` runs it with an interpreter that already has torch/triton (e.g. a GPU
+# machine with CUDA torch): `make test-system PYTHON=python3`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.7.1
 TORCHVISION_VERSION ?= 0.28.0
+NUMPY_SPEC ?= numpy
+# 1: fail if pip brought a CUDA torch (only the pinned default has a CPU wheel here)
+REQUIRE_CPU_TORCH ?= 1
 EXTRAS ?= test
 PYTEST_ARGS ?=
 CONSTRAINTS := $(abspath $(VENV))/constraints.txt
 
-.PHONY: venv test test-system bench clean demo
+# The version matrix's second row: the oldest versions supported (pyproject's lower bounds), which
+# are the GPU image's. PyPI has only the CUDA build of torch 2.11 (+ ~2.5 GB of nvidia-* wheels; it
+# runs on CPU). Triton 3.6's interpreter needs numpy < 2.4.
+COMPAT_VENV ?= .venv-compat
+COMPAT_TORCH ?= 2.11.0
+COMPAT_TRITON ?= 3.6.0
+COMPAT_TORCHVISION ?= 0.26.0
+COMPAT_NUMPY ?= numpy<2.4
+# The whole suite but two slow parts that the current row covers and that hold nothing
+# version-specific of the GPU image: the benchmark-suite smoke run (~1 min) and the sm_80 AOT compile
+# (~2.5 min cold; sm_90, the GPU image's target, stays).
+COMPAT_PYTEST_ARGS ?= --deselect tests/benchmarks/test_suite_and_report.py::test_benchmark_rows_carry_metrics \
+	--deselect tests/benchmarks/test_suite_and_report.py::test_report_writes_table_and_chart \
+	--deselect 'tests/csrc_triton/test_aot.py::test_aot_compile_all_variants[80]'
+
+.PHONY: venv test test-compat test-system bench clean demo
 
 venv: $(VENV)/.installed
 
@@ -19,14 +38,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and alone, pinned exactly: anything looser pulls the CUDA build and ~2.5 GB of nvidia-*.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\ntriton==$(TRITON_VERSION)\n' > $(CONSTRAINTS)
-	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q numpy triton==$(TRITON_VERSION)
+	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\ntriton==$(TRITON_VERSION)\n$(NUMPY_SPEC)\n' > $(CONSTRAINTS)
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q '$(NUMPY_SPEC)' triton==$(TRITON_VERSION)
 	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	$(PY) -c "import torch, sys; sys.exit('a CUDA torch came in: ' + torch.__version__) if torch.version.cuda else print('torch', torch.__version__, '(CPU build)')"
+	$(PY) -c "import torch, sys; cpu = not torch.version.cuda; sys.exit('a CUDA torch came in: ' + torch.__version__) if $(REQUIRE_CPU_TORCH) and not cpu else print('torch', torch.__version__, '(CPU build)' if cpu else '(CUDA build, run on CPU)')"
 	touch $@
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-compat:
+	$(MAKE) --no-print-directory test VENV=$(COMPAT_VENV) TORCH_VERSION=$(COMPAT_TORCH) \
+		TRITON_VERSION=$(COMPAT_TRITON) TORCHVISION_VERSION=$(COMPAT_TORCHVISION) NUMPY_SPEC='$(COMPAT_NUMPY)' \
+		REQUIRE_CPU_TORCH=0 PYTEST_ARGS="$(COMPAT_PYTEST_ARGS) $(PYTEST_ARGS)"
 
 test-system:
 	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -q $(PYTEST_ARGS)
@@ -38,4 +62,4 @@ bench: venv
 	$(PY) -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info

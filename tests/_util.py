@@ -24,6 +24,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
 
 
+def tiny_open_clip():
+    """open_clip's ViT-B-16 tower at 32x32 with random weights; skips the calling test without open_clip
+    (the timm cases of the same test module still run)."""
+    import pytest
+
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed")
+    torch.manual_seed(0)
+    return open_clip.create_model("ViT-B-16", pretrained=None, force_image_size=32).visual
+
+
 def backends():
     """Backends testable here: torch always; triton on GPU or through the interpreter."""
     return ["torch", "triton"] if TRITON_OK else ["torch"]

@@ -8,11 +8,10 @@ import torch
 from stadapter_fast import (FastSTAdapter, STAdapterConfig, STAdapterReference, VideoClassifier,
                             adapter_parameter_count, add_st_adapters, count_parameters,
                             ensure_torchvision_importable, load_adapters, save_adapters, swap_adapters)
-from tests._util import assert_close
+from tests._util import assert_close, tiny_open_clip
 
 ensure_torchvision_importable()
 timm = pytest.importorskip("timm")
-open_clip = pytest.importorskip("open_clip")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 
@@ -21,11 +20,6 @@ def tiny_timm(**kw):
     args.update(kw)
     torch.manual_seed(0)
     return VisionTransformer(**args)
-
-
-def tiny_open_clip():
-    torch.manual_seed(0)
-    return open_clip.create_model("ViT-B-16", pretrained=None, force_image_size=32).visual
 
 
 def video(B=2, T=4, H=32, W=32, layout="BCTHW", seed=0):

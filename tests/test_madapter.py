@@ -8,10 +8,9 @@ import torch
 from stadapter_fast import (MAdapterConfig, MAdapterVideoClassifier, STAdapterConfig, VideoClassifier,
                             add_st_adapters, load_adapters, save_adapters, swap_adapters)
 from stadapter_fast.memory import saved_activation_bytes
-from tests._util import assert_close
+from tests._util import assert_close, tiny_open_clip
 
 timm = pytest.importorskip("timm")
-open_clip = pytest.importorskip("open_clip")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 
@@ -53,8 +52,7 @@ def test_saves_far_less_than_inserted_adapters():
     assert 0 < ma_bytes < st_bytes / 4, (ma_bytes, st_bytes)
 
 
-@pytest.mark.parametrize("make", [lambda: tiny(), lambda: open_clip.create_model(
-    "ViT-B-16", pretrained=None, force_image_size=32).visual], ids=["timm", "open_clip"])
+@pytest.mark.parametrize("make", [lambda: tiny(), tiny_open_clip], ids=["timm", "open_clip"])
 def test_fast_and_reference_temporal_modules_agree(make):
     cfg = MAdapterConfig(width=16, kernel_size=(3, 3, 3), act="gelu", fusion="gate", impl="reference", levels=3)
     ref = MAdapterVideoClassifier(make(), cfg, 3, 4).eval()

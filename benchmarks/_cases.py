@@ -43,12 +43,20 @@ SHAPES = GPU_SHAPES if device() == "cuda" else CPU_SHAPES
 # (name, kernel, activation): the release's adapter, and the VindLU-style spatio-temporal one.
 VARIANTS = [("k311", (3, 1, 1), "none"), ("k333relu", (3, 3, 3), "relu")]
 
-PROVIDERS = ["reference", "reference_compiled", "reference_channels_last", "fast", "fast_compiled", "fast_onepass"]
-MODEL_PROVIDERS = ["reference", "reference_compiled", "fast", "fast_compiled", "fast_onepass"]
+# fast_torch_compiled: this library's pure-PyTorch path (backend="torch") under torch.compile, the
+# strongest PyTorch-only peer (Inductor compiles everything around the op; the op itself is ATen).
+PROVIDERS = ["reference", "reference_compiled", "reference_channels_last", "fast", "fast_compiled",
+             "fast_torch_compiled", "fast_onepass"]
+MODEL_PROVIDERS = ["reference", "reference_compiled", "fast", "fast_compiled", "fast_torch_compiled", "fast_onepass"]
 ADAPTER_PROVIDERS = [p for p in PROVIDERS if p != "fast_onepass"]  # the conv op alone has no one-pass form
 
 OP_DTYPES = [torch.bfloat16, torch.float16, torch.float32] if device() == "cuda" else [torch.float32, torch.bfloat16]
 AMP_DTYPES = [torch.bfloat16, torch.float16] if device() == "cuda" else [torch.bfloat16]
+
+
+def provider_backend(provider: str) -> str:
+    """The ``backend=`` a fast provider runs with."""
+    return "torch" if provider == "fast_torch_compiled" else "auto"
 
 
 def dtype_id(d: torch.dtype) -> str:

@@ -1,7 +1,14 @@
 """Timing, memory and roofline helpers shared by the benchmark levels.
 
-Timing: synchronized wall-clock timers around each call (``torch.cuda.synchronize`` on GPU), warm-up
-calls excluded, median over rounds; inputs rotate over several copies when one set would sit in L2.
+Timing (:func:`measure`), three figures per row, warm-up calls (and so Triton autotuning and
+torch.compile) excluded:
+- device time: on GPU, CUDA events around each call, the L2 flushed before each (a write of 2x its
+  size), median over rounds; on CPU, a host clock per call (the host is the device).
+- eager wall time: back-to-back calls with one synchronize at the end, divided by their count. It
+  includes launch and Python overhead, which device time hides where the GPU runs ahead of the host.
+- graph time (GPU only): one call captured into a CUDA graph, then replays timed like device time; the
+  gap to device time is what launch gaps cost inside a call. None (with the error) where capture fails.
+Inputs also rotate over several copies when one set would sit in L2.
 Memory: ``torch.cuda.max_memory_allocated`` delta over one call (GPU only; None on CPU).
 Roofline: copy bandwidth and matmul rate are measured once per session on the device itself.
 """
@@ -57,6 +64,94 @@ def time_calls(fn: Callable[[int], object], warmup: int, rounds: int) -> list[fl
     return out
 
 
+_FLUSH: dict = {}
+
+
+def flush_l2() -> None:
+    """Evict the GPU's L2 (write a buffer of twice its size), so the next call reads from HBM."""
+    if "buf" not in _FLUSH:
+        _FLUSH["buf"] = torch.empty(2 * L2_BYTES // 4, dtype=torch.int32, device="cuda")
+    _FLUSH["buf"].zero_()
+
+
+def device_times(fn: Callable[[int], object], warmup: int, rounds: int) -> list[float]:
+    """Per-call device seconds of ``fn(i)``: CUDA events with the L2 flushed before each call on GPU;
+    a synchronized host clock per call on CPU."""
+    if device() != "cuda":
+        return time_calls(fn, warmup, rounds)
+    for i in range(warmup):
+        fn(i)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
+    for i, (start, end) in enumerate(events):
+        flush_l2()
+        start.record()
+        fn(warmup + i)
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
+def wall_time(fn: Callable[[int], object], calls: int) -> float:
+    """Eager host seconds per call over ``calls`` back-to-back calls (one synchronize at the end)."""
+    sync()
+    t = time.perf_counter()
+    for i in range(calls):
+        fn(i)
+    sync()
+    return (time.perf_counter() - t) / calls
+
+
+def graph_times(fn: Callable[[int], object], rounds: int) -> tuple[Optional[list[float]], Optional[str]]:
+    """(per-replay device seconds, None) of ``fn(0)`` captured into a CUDA graph (warmed up on a side
+    stream first, as capture requires), L2 flushed before each replay; ``(None, reason)`` off GPU or
+    where capture fails (e.g. host synchronization inside the call)."""
+    if device() != "cuda":
+        return None, "CUDA graphs need a GPU"
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn(0)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(0)
+        graph.replay()
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 -- any capture failure is reported in the row, not fatal
+        torch.cuda.synchronize()
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return device_times(lambda i: graph.replay(), 2, rounds), None
+
+
+@dataclass
+class Timing:
+    device_s: float                 # median device seconds per call
+    wall_s: float                   # eager host seconds per call, back to back
+    graph_s: Optional[float]        # median device seconds per CUDA-graph replay (GPU), else None
+    graph_error: Optional[str] = None
+    method: str = ""
+
+    def info(self) -> dict:
+        """The row's ``extra_info`` fields (ms)."""
+        return {"median_ms": self.device_s * 1e3, "device_ms": self.device_s * 1e3, "wall_ms": self.wall_s * 1e3,
+                "graph_ms": None if self.graph_s is None else self.graph_s * 1e3, "graph_error": self.graph_error,
+                "timing": self.method}
+
+
+def measure(fn: Callable[[int], object], warmup: int, rounds: int, graph: bool = True) -> Timing:
+    """Device, eager wall and (GPU) CUDA-graph time of ``fn(i)``, after ``warmup`` calls."""
+    dev_s = statistics.median(device_times(fn, warmup, rounds))
+    wall_s = wall_time(fn, rounds)
+    graph_s, err = (None, "not requested") if not graph else graph_times(fn, rounds)
+    if device() == "cuda":
+        method = "CUDA events per call, L2 flushed before each; median"
+    else:
+        method = "host clock per call (CPU); median"
+    return Timing(dev_s, wall_s, None if graph_s is None else statistics.median(graph_s), err, method)
+
+
 def peak_memory_bytes(fn: Callable[[], object]) -> Optional[int]:
     """Extra device memory at the peak of one call of ``fn`` (beyond what was allocated before)."""
     if device() != "cuda":
@@ -100,9 +195,9 @@ def device_rates() -> DeviceRates:
 
 @dataclass
 class Baselines:
-    """Median seconds and peak bytes of the baseline providers per case, filled as rows run (or
-    measured on demand, with the same method, when a selection skipped them)."""
-    median_s: dict = field(default_factory=dict)
+    """Timings and peak bytes of the baseline providers per case, filled as rows run (or measured on
+    demand, with the same method, when a selection skipped them)."""
+    timing: dict = field(default_factory=dict)
     peak: dict = field(default_factory=dict)
 
 

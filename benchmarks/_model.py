@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadapter_fast import STAdapterConfig, VideoClassifier, add_st_adapters, swap_adapters
+from benchmarks._cases import provider_backend
+from benchmarks._harness import device
+from stadapter_fast import (FastSTAdapter, STAdapterConfig, VideoClassifier, add_st_adapters, set_adapter_path,
+                            swap_adapters)
 from stadapter_fast._compat import ensure_torchvision_importable
 
 
@@ -93,3 +96,38 @@ def build_models(adapters_per_block: int, frames: int, dtype: torch.dtype, gpu: 
     swap_adapters(fast)
     return ref, fast, img
 
+
+def build_model_step(config, dtype, mode, provider, compile_mode):
+    """(step(i), output()) of the level-3 model for one provider: ``config`` = (name, adapters per
+    block); ``mode`` "train_step" (fwd + bwd + AdamW) or "inference"."""
+    gpu = device() == "cuda"
+    frames, clips = (8, 32) if gpu else (8, 2)
+    ref, fast, img = build_models(config[1], frames, dtype, gpu)
+    model = (ref if provider.startswith("reference") else fast).to(device())
+    if provider == "fast_onepass":
+        set_adapter_path(model, "one_pass")
+    for m in model.modules():
+        if isinstance(m, FastSTAdapter):
+            m.backend = provider_backend(provider)
+    fwd = torch.compile(model, mode=compile_mode) if provider.endswith("compiled") else model
+    g = torch.Generator(device=device()).manual_seed(0)
+    video = torch.randn(clips, 3, frames, img, img, device=device(), generator=g).to(dtype)
+    labels = torch.randint(0, 400, (clips,), device=device(), generator=g)
+    # capturable on GPU: the step can then be captured into a CUDA graph (the harness's graph time)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01,
+                            capturable=gpu)
+
+    def step(i):
+        with torch.autocast(device(), dtype=dtype):
+            if mode == "inference":
+                with torch.no_grad():
+                    return fwd(video)
+            loss = torch.nn.functional.cross_entropy(fwd(video), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def output():
+        with torch.no_grad(), torch.autocast(device(), dtype=dtype):
+            return fwd(video)
+    return step, output

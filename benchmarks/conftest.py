@@ -6,7 +6,6 @@ Run: ``pytest benchmarks/ --benchmark-only`` (add ``--benchmark-json=out.json`` 
 """
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Optional
 
 import pytest
@@ -55,10 +54,10 @@ class Row:
         self.build, self.min_bytes, self.flops = build, min_bytes, flops
 
     def _measure(self, provider: str):
-        step, output = self.build(provider)
-        t = statistics.median(H.time_calls(step, WARMUP, ROUNDS))
-        peak = H.peak_memory_bytes(lambda: step(0))
-        return step, output, t, peak
+        """(timing, peak bytes) of one provider, measured the same way as :meth:`run`'s rows."""
+        step, _ = self.build(provider)
+        timing = H.measure(step, WARMUP, ROUNDS)
+        return timing, H.peak_memory_bytes(lambda: step(0))
 
     def _reference_output(self, output_fn) -> torch.Tensor:
         k = self.key + (self.mode,)
@@ -67,12 +66,11 @@ class Row:
             _REF_OUT[k] = self.build("reference")[1]()
         return _REF_OUT[k]
 
-    def _baseline(self, provider: str):
+    def _baseline(self, provider: str) -> tuple[H.Timing, Optional[int]]:
         k = self.key + (self.mode, provider)
-        if k not in H.BASELINES.median_s:
-            _, _, t, peak = self._measure(provider)
-            H.BASELINES.median_s[k], H.BASELINES.peak[k] = t, peak
-        return H.BASELINES.median_s[k], H.BASELINES.peak[k]
+        if k not in H.BASELINES.timing:
+            H.BASELINES.timing[k], H.BASELINES.peak[k] = self._measure(provider)
+        return H.BASELINES.timing[k], H.BASELINES.peak[k]
 
     def run(self, provider: str) -> None:
         step, output = self.build(provider)
@@ -81,24 +79,26 @@ class Row:
             err = H.rel_err(output(), self._reference_output(output))
             tol = H.CHECK_RTOL[self.dtype]
             assert err <= tol, f"{provider} output differs from reference: rel err {err:.2e} > {tol:.0e}"
+        # pytest-benchmark's own statistics: eager wall time of synchronized calls (the JSON's "stats");
+        # the row's figures (extra_info) come from H.measure: device, back-to-back wall and graph time
         calls = iter(range(10 ** 9))
         self.benchmark.pedantic(lambda: (step(next(calls)), H.sync()), rounds=ROUNDS,
                                 warmup_rounds=WARMUP, iterations=1)
-        t = self.benchmark.stats.stats.median
+        timing = H.measure(step, 0, ROUNDS)
         peak = H.peak_memory_bytes(lambda: step(0))
         k = self.key + (self.mode, provider)
         if provider in BASELINE_PROVIDERS:
-            H.BASELINES.median_s[k], H.BASELINES.peak[k] = t, peak
+            H.BASELINES.timing[k], H.BASELINES.peak[k] = timing, peak
+        t = timing.device_s
         info = self.benchmark.extra_info
         info.update(level=self.level, case="/".join(map(str, self.key)), mode=self.mode, provider=provider,
-                    dtype=str(self.dtype).replace("torch.", ""), median_ms=t * 1e3,
-                    device=H.device_rates().name, **H.versions())
-        ref_t, ref_peak = self._baseline("reference")
-        info["speedup_vs_reference"] = ref_t / t
+                    dtype=str(self.dtype).replace("torch.", ""), device=H.device_rates().name, **H.versions(),
+                    **timing.info())
+        ref, ref_peak = self._baseline("reference")
+        info.update(_speedups(timing, ref, "reference"))
         comp_key = self.key + (self.mode, "reference_compiled")
-        if H.device() == "cuda" and (_OPTS.get("compiled_baseline", True) or comp_key in H.BASELINES.median_s):
-            comp_t, _ = self._baseline("reference_compiled")
-            info["speedup_vs_reference_compiled"] = comp_t / t
+        if H.device() == "cuda" and (_OPTS.get("compiled_baseline", True) or comp_key in H.BASELINES.timing):
+            info.update(_speedups(timing, self._baseline("reference_compiled")[0], "reference_compiled"))
         info["peak_mem_mb"] = None if peak is None else peak / 2 ** 20
         info["mem_ratio_vs_reference"] = None if not (peak and ref_peak) else peak / ref_peak
         rates = H.device_rates()
@@ -112,6 +112,15 @@ class Row:
             info["flops"] = self.flops
             info["floor_ms"] = floor * 1e3
             info["floor_fraction"] = floor / t
+
+
+def _speedups(timing: H.Timing, base: H.Timing, name: str) -> dict:
+    """Speed-ups over a baseline provider: device time (the headline), eager wall and graph time."""
+    out = {f"speedup_vs_{name}": base.device_s / timing.device_s,
+           f"wall_speedup_vs_{name}": base.wall_s / timing.wall_s}
+    if timing.graph_s and base.graph_s:
+        out[f"graph_speedup_vs_{name}"] = base.graph_s / timing.graph_s
+    return out
 
 
 @pytest.fixture

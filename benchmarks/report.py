@@ -13,8 +13,10 @@ from pathlib import Path
 
 COLUMNS = [  # (header, extra_info key, format)
     ("level", "level", "{}"), ("case", "case", "{}"), ("mode", "mode", "{}"), ("dtype", "dtype", "{}"),
-    ("provider", "provider", "{}"), ("median ms", "median_ms", "{:.3f}"),
+    ("provider", "provider", "{}"), ("median ms", "median_ms", "{:.3f}"), ("wall ms", "wall_ms", "{:.3f}"),
+    ("graph ms", "graph_ms", "{:.3f}"),
     ("x vs ref", "speedup_vs_reference", "{:.2f}"), ("x vs ref compiled", "speedup_vs_reference_compiled", "{:.2f}"),
+    ("graph x vs ref", "graph_speedup_vs_reference", "{:.2f}"),
     ("peak MiB", "peak_mem_mb", "{:.0f}"), ("mem / ref", "mem_ratio_vs_reference", "{:.2f}"),
     ("saved act. MiB", "saved_activation_mb", "{:.0f}"), ("mem / ST-Adapter", "mem_ratio_vs_st_adapter", "{:.3f}"),
     ("clips/s", "clips_per_s", "{:.1f}"), ("GB/s", "achieved_gbps", "{:.0f}"), ("of copy BW", "bw_fraction", "{:.0%}"),
@@ -44,6 +46,8 @@ def markdown(rows: list[dict]) -> str:
     out = [f"device: {first.get('device')}; torch {first.get('torch')}; triton {first.get('triton')}; "
            f"measured copy bandwidth {first.get('copy_gbps_device', 0):.0f} GB/s, "
            f"matmul {first.get('matmul_tflops_device', 0):.1f} TFLOP/s", "",
+           f"median ms: {first.get('timing') or 'median per call'} (speed-ups use it); wall ms: eager calls "
+           f"back to back, host clock; graph ms: one call as a CUDA graph, replays timed with events.", "",
            "| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
            "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -62,7 +66,7 @@ def chart(rows: list[dict], path: Path) -> None:
         return
     groups = sorted({(r["level"], r["case"], r["mode"], r["dtype"]) for r in rows})
     providers = [p for p in ("reference", "reference_compiled", "reference_channels_last", "fast",
-                             "fast_compiled") if any(r["provider"] == p for r in rows)]
+                             "fast_compiled", "fast_torch_compiled") if any(r["provider"] == p for r in rows)]
     providers += sorted({r["provider"] for r in rows} - set(providers))
     table = defaultdict(dict)
     for r in rows:

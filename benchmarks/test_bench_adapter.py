@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks._cases import AMP_DTYPES, PROVIDERS, SHAPES, VARIANTS, dtype_id
+from benchmarks._cases import AMP_DTYPES, PROVIDERS, SHAPES, VARIANTS, dtype_id, provider_backend
 from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
 from stadapter_fast import FastSTAdapter, STAdapterReference
@@ -30,6 +30,8 @@ def make_adapter(provider, C, Ca, ks, act, compile_mode):
         provider.replace("_compiled", ""), FastSTAdapter)
     torch.manual_seed(0)
     kw = {"path": "one_pass"} if provider == "fast_onepass" else {}
+    if cls is FastSTAdapter:
+        kw["backend"] = provider_backend(provider)
     m = cls(C, Ca, ks, act=act, **kw).to(device())
     with torch.no_grad():
         for p in m.parameters():

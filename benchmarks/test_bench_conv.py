@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks._cases import ADAPTER_PROVIDERS, OP_DTYPES, SHAPES, VARIANTS, dtype_id
+from benchmarks._cases import ADAPTER_PROVIDERS, OP_DTYPES, SHAPES, VARIANTS, dtype_id, provider_backend
 from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
 from stadapter_fast import st_adapter_conv
@@ -35,7 +35,8 @@ def build_conv(shape, ks, act, dtype, mode, provider, compile_mode):
         fn = lambda h: conv_reference(h, conv, act, T, grid, P, provider == "reference_channels_last")
         grad = dz[:, P:]
     else:
-        fn = lambda h: st_adapter_conv(h, conv.weight, conv.bias, T, (grid, grid), P, act)[:, P:]
+        backend = provider_backend(provider)
+        fn = lambda h: st_adapter_conv(h, conv.weight, conv.bias, T, (grid, grid), P, act, backend)[:, P:]
         grad = dz[:, P:]
     if provider.endswith("compiled"):
         fn = torch.compile(fn, mode=compile_mode, fullgraph=provider.startswith("fast"))

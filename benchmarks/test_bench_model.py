@@ -2,44 +2,13 @@
 in bf16/fp16, adapters and head fp32 under autocast: a training step (fwd + bwd + AdamW) and an
 inference forward."""
 import pytest
-import torch
 
 from benchmarks._cases import AMP_DTYPES, MODEL_PROVIDERS, dtype_id
 from benchmarks._harness import device
-from benchmarks._model import build_models
-from stadapter_fast import set_adapter_path
+from benchmarks._model import build_model_step
 from benchmarks.conftest import skip_unavailable
 
 CONFIGS = [("12x384", 1), ("24x384", 2)]
-
-
-def build_model_step(config, dtype, mode, provider, compile_mode):
-    gpu = device() == "cuda"
-    frames, clips = (8, 32) if gpu else (8, 2)
-    ref, fast, img = build_models(config[1], frames, dtype, gpu)
-    model = (ref if provider.startswith("reference") else fast).to(device())
-    if provider == "fast_onepass":
-        set_adapter_path(model, "one_pass")
-    fwd = torch.compile(model, mode=compile_mode) if provider.endswith("compiled") else model
-    g = torch.Generator(device=device()).manual_seed(0)
-    video = torch.randn(clips, 3, frames, img, img, device=device(), generator=g).to(dtype)
-    labels = torch.randint(0, 400, (clips,), device=device(), generator=g)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
-
-    def step(i):
-        with torch.autocast(device(), dtype=dtype):
-            if mode == "inference":
-                with torch.no_grad():
-                    return fwd(video)
-            loss = torch.nn.functional.cross_entropy(fwd(video), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def output():
-        with torch.no_grad(), torch.autocast(device(), dtype=dtype):
-            return fwd(video)
-    return step, output
 
 
 @pytest.mark.parametrize("provider", MODEL_PROVIDERS)

@@ -88,3 +88,141 @@ def test_autotuned_launch_is_deterministic_for_its_config():
     again = k1.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2, config=cfg)
     for a, b in zip(tuned[2:], again[2:]):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases the interpreter cannot reach: tensor-core dots in fp16/bf16 (the interpreter's bf16 dot is
+# wrong), real tile counts, odd shapes; compile and CUDA graphs on the device.
+# ------------------------------------------------------------------------------------------------
+
+# (name, B, T, grid (H, W), prefix tokens, C, Ca): prefix 0/1/5, a non-square grid, Ca not a power of
+# two, T = 1 and T = 16
+GPU_SHAPES = [
+    ("p0_14x14_T8", 4, 8, (14, 14), 0, 768, 384),
+    ("p1_12x16_T1_ca200", 16, 1, (12, 16), 1, 256, 200),
+    ("p5_14x14_T16", 2, 16, (14, 14), 5, 768, 384),
+]
+GPU_KERNELS = [((3, 1, 1), None), ((3, 3, 3), "gelu"), ((1, 3, 3), "quick_gelu")]
+PATHS = [("two_pass", True), ("one_pass", True), ("one_pass", False)]
+# every kernel x path in bf16 on every shape, and fp16 on the first (each new case autotunes and
+# compiles kernels, which is what bounds this file's run time on the device)
+ADAPTER_CASES = [pytest.param(shape, path, rec, ks, act, dt, id=f"{shape[0]}-{path}-rec{int(rec)}-k{''.join(map(str, ks))}-{act}-{str(dt)[6:]}")
+                 for shape in GPU_SHAPES for path, rec in PATHS for ks, act in GPU_KERNELS
+                 for dt in (torch.bfloat16, torch.float16) if dt == torch.bfloat16 or shape is GPU_SHAPES[0]]
+
+
+def _adapters(C, Ca, ks, act, P, grid, path, recompute, seed=0):
+    """(fast on CUDA, fp64 reference on CUDA) with the same random (non-zero) weights."""
+    torch.manual_seed(seed)
+    ref = STAdapterReference(C, Ca, ks, act=act, num_prefix_tokens=P, grid_size=grid).cuda()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.02 if p.dim() == 2 else 0.3)
+    fast = FastSTAdapter(C, Ca, ks, act=act, num_prefix_tokens=P, grid_size=grid, path=path,
+                         recompute=recompute).cuda()
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref.double()
+
+
+@pytest.mark.parametrize("shape,path,recompute,ks,act,dtype", ADAPTER_CASES)
+def test_adapter_paths_autocast_vs_fp64(shape, path, recompute, ks, act, dtype):
+    """Forward and every gradient of both paths under autocast (fp32 parameters, tokens in ``dtype``)."""
+    _, B, T, grid, P, C, Ca = shape
+    fast, ref64 = _adapters(C, Ca, ks, act, P, grid, path, recompute)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    L = P + grid[0] * grid[1]
+    x = torch.randn(B * T, L, C, device="cuda", generator=g).to(dtype).requires_grad_()
+    dy = torch.randn(B * T, L, C, device="cuda", generator=g).to(dtype)
+    with torch.autocast("cuda", dtype=dtype):
+        y = fast(x, T)
+    grads = torch.autograd.grad(y, [x] + list(fast.parameters()), dy)
+    x64 = x.detach().double().requires_grad_()
+    y_ref = ref64(x64, T)
+    rgrads = torch.autograd.grad(y_ref, [x64] + list(ref64.parameters()), dy.double())
+    assert y.dtype == dtype
+    assert_close(y, y_ref, dtype, "y")
+    assert torch.equal(y[:, :P], x[:, :P]), "prefix rows must pass through bit for bit"
+    names = ["dx"] + [n for n, _ in fast.named_parameters()]
+    for n, a, b in zip(names, grads, rgrads):
+        # weight grads reduce over every token in fp32 from rounded operands: two roundings' worth
+        assert_close(a, b, dtype, n, factor=2.0)
+
+
+@pytest.mark.parametrize("path", ["two_pass", "one_pass"])
+def test_compile_fullgraph_grads_on_gpu(path):
+    """torch.compile(fullgraph=True) on CUDA (the Triton backend): outputs and every gradient = eager."""
+    torch._dynamo.reset()
+    fast, _ = _adapters(64, 32, (3, 3, 3), "gelu", 1, None, path, True)
+    x = torch.randn(16, 1 + 16, 64, device="cuda")
+    dy = torch.randn_like(x)
+
+    def run(fn):
+        xi = x.clone().requires_grad_()
+        y = fn(xi, 8)
+        return [y] + list(torch.autograd.grad(y, [xi] + list(fast.parameters()), dy))
+
+    eager = run(fast)
+    compiled = run(torch.compile(fast, fullgraph=True))
+    for a, b in zip(compiled, eager):
+        assert b.abs().max() > 0
+        assert_close(a, b, torch.float32, "compiled", factor=10)
+
+
+@pytest.mark.parametrize("path", ["two_pass", "one_pass"])
+def test_compile_reduce_overhead_after_warmup(path):
+    """mode="reduce-overhead" (CUDA graphs) after an eager warm-up call (which autotunes): replays
+    give eager's output and gradients."""
+    torch._dynamo.reset()
+    fast, _ = _adapters(768, 384, (3, 1, 1), None, 1, None, path, True)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(4 * 8, 197, 768, device="cuda", generator=g, dtype=torch.bfloat16)
+    dy = torch.randn_like(x)
+
+    def run(fn):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fn(xi, 8)
+        return [y.detach().clone()] + [t.clone() for t in torch.autograd.grad(y, [xi] + list(fast.parameters()), dy)]
+
+    eager = run(fast)  # warm-up: autotuning happens outside any capture
+    compiled = torch.compile(fast, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # record, then replays
+        got = run(compiled)
+    for a, b in zip(got, eager):
+        assert_close(a, b, torch.bfloat16, "reduce-overhead", factor=2.0)
+
+
+def test_conv_backward_is_deterministic():
+    """Two backward runs on the same inputs give bit-identical weight and bias gradients."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    N, L, C = 64, 197, 384
+    h = torch.randn(N, L, C, device="cuda", generator=g, dtype=torch.bfloat16).requires_grad_()
+    w = (0.3 * torch.randn(C, 1, 3, 3, 3, device="cuda", generator=g)).requires_grad_()
+    b = torch.randn(C, device="cuda", generator=g).requires_grad_()
+    dz = torch.randn(N, L, C, device="cuda", generator=g, dtype=torch.bfloat16)
+    runs = [torch.autograd.grad(st_adapter_conv(h, w, b, 8, act="gelu", backend="triton"), [h, w, b], dz)
+            for _ in range(2)]
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+
+
+def test_benchmark_harness_times_on_gpu():
+    """The benchmark harness's device, wall and CUDA-graph times for an adapter training step."""
+    from benchmarks import _harness as H
+
+    fast, _ = _adapters(768, 384, (3, 1, 1), None, 1, None, "two_pass", True)
+    x = torch.randn(8 * 8, 197, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def step(i):
+        x.grad = None
+        fast.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fast(x, 8)
+        y.backward(dy)
+
+    timing = H.measure(step, 3, 10)
+    assert timing.graph_error is None, timing.graph_error
+    assert 0 < timing.graph_s and 0 < timing.device_s and 0 < timing.wall_s
+    # a replay has no launch gaps: it cannot be much slower than the eager call's device time
+    assert timing.graph_s < 1.5 * timing.device_s

@@ -61,6 +61,9 @@ def test_benchmark_rows_carry_metrics(bench_json):
     assert {r["provider"] for r in rows} == {"reference", "fast", "fast_onepass"}
     for r in rows:
         assert r["median_ms"] > 0 and r["speedup_vs_reference"] > 0
+        # CPU rows: device time is the host clock; no CUDA graph, and the row says why
+        assert r["device_ms"] == r["median_ms"] and r["wall_ms"] > 0 and r["wall_speedup_vs_reference"] > 0
+        assert r["graph_ms"] is None and "GPU" in r["graph_error"] and "host clock" in r["timing"]
         if r["level"] in (1, 2):
             assert 0 < r["bw_fraction"] and r["achieved_gbps"] > 0
         if r["level"] == 2:

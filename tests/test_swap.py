@@ -121,17 +121,97 @@ def test_swap_path_options_and_set_adapter_path():
         set_adapter_path(net, "one_pass", recompute=1)
 
 
-def test_swap_prefix_override_and_no_match():
-    net = nn.ModuleDict({"a": OfficialAdapter(16, 8, (3, 1, 1)), "b": nn.Linear(3, 3)})
-    assert swap_adapters(net, num_prefix_tokens=0, grid_size=(3, 3)) == 1
-    assert net["a"].num_prefix_tokens == 0 and net["a"].grid_size == (3, 3)
-    assert swap_adapters(nn.Sequential(nn.Linear(3, 3), NotAnAdapter())) == 0
+class VariantAdapter(nn.Module):
+    """The release's structure (fc1 / depthwise conv / fc2, called (x, T)) with other semantics."""
+
+    def __init__(self, C=16, Ca=8, ks=(3, 1, 1), prefix=1, grid=None, fn=None, inplace=True, delta_only=False):
+        super().__init__()
+        self.fc1 = nn.Linear(C, Ca)
+        self.conv = nn.Conv3d(Ca, Ca, ks, padding=tuple(k // 2 for k in ks), groups=Ca)
+        self.fc2 = nn.Linear(Ca, C)
+        self.prefix, self.grid, self._fn, self.inplace, self.delta_only = prefix, grid, fn, inplace, delta_only
+
+    def forward(self, x, T):
+        N, L, C = x.shape
+        P = self.prefix
+        H, W = self.grid or (round(math.sqrt(L - P)),) * 2
+        h = self.fc1(x[:, P:]).view(N // T, T, H, W, -1).permute(0, 4, 1, 2, 3)
+        h = self.conv(h).permute(0, 2, 3, 4, 1).reshape(N, H * W, -1)
+        d = self.fc2(h if self._fn is None else self._fn(h))
+        if self.delta_only:
+            return torch.cat([torch.zeros_like(x[:, :P]), d], dim=1)
+        if self.inplace:
+            x[:, P:] += d
+            return x
+        return torch.cat([x[:, :P], x[:, P:] + d], dim=1)
 
 
-def test_swap_warns_for_activation_attribute():
-    class WithAct(OfficialAdapter):
-        act = "gelu"
+class GeluByAttribute(VariantAdapter):
+    act = "gelu"
 
-    net = nn.ModuleDict({"a": WithAct(16, 8, (3, 1, 1))})
-    with pytest.warns(UserWarning, match="activation attribute"):
+    def __init__(self, **kw):
+        super().__init__(fn=nn.functional.gelu, **kw)
+
+
+def swapped_matches(adapter, **swap_kw):
+    """Swap ``adapter`` inside a container (warnings are errors) and check the result against a copy of
+    the old module on the same random weights; returns swap_adapters' count."""
+    import copy
+    import warnings
+
+    randomize(adapter)
+    before = copy.deepcopy(adapter).double()
+    net = nn.ModuleDict({"a": adapter})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        n = swap_adapters(net, **swap_kw)
+    T = 2
+    P = swap_kw.get("num_prefix_tokens", 1)
+    H, W = swap_kw.get("grid_size", (3, 3))
+    x = torch.randn(2 * T, P + H * W, 16, dtype=torch.float64)
+    assert isinstance(net["a"], FastSTAdapter)
+    assert_close(net["a"].double()(x.clone(), T), before(x.clone(), T), torch.float64, "swapped adapter")
+    return n
+
+
+def test_swap_probe_accepts_equivalent_variants():
+    assert swapped_matches(GeluByAttribute()) == 1  # the activation read from the attribute
+    assert swapped_matches(VariantAdapter(prefix=0, inplace=False), num_prefix_tokens=0) == 1
+    assert swapped_matches(VariantAdapter(grid=(2, 3)), grid_size=(2, 3)) == 1
+    assert swapped_matches(VariantAdapter(inplace=False)) == 1
+    assert swapped_matches(VariantAdapter(ks=(3, 3, 3))) == 1
+
+
+@pytest.mark.parametrize("old,why", [
+    (VariantAdapter(fn=nn.functional.gelu), "output differs"),           # an activation no attribute names
+    (VariantAdapter(fn=torch.relu), "output differs"),
+    (VariantAdapter(prefix=0), "raised RuntimeError"),                   # no class token, not told
+    (VariantAdapter(grid=(2, 3)), "raised RuntimeError"),                 # non-square grid, not told
+    (VariantAdapter(delta_only=True), "output differs"),                  # returns the update, not x + update
+], ids=["gelu", "relu", "prefix0", "grid2x3", "delta_only"])
+def test_swap_probe_refuses_what_it_cannot_show_equivalent(old, why):
+    # official zero init: conv weight/bias zero, so the current weights alone would hide the activation
+    nn.init.zeros_(old.conv.weight)
+    nn.init.zeros_(old.conv.bias)
+    net = nn.ModuleDict({"a": old, "b": OfficialAdapter(16, 8, (3, 1, 1))})
+    with pytest.raises(ValueError, match=f"left in place.*a \\(VariantAdapter\\).*{why}"):
+        swap_adapters(net, strict=True)
+    assert net["a"] is old and isinstance(net["b"], OfficialAdapter), "strict: nothing replaced"
+    with pytest.warns(UserWarning, match=f"1 adapter-shaped module\\(s\\) left in place.*{why}"):
         assert swap_adapters(net) == 1
+    assert net["a"] is old and isinstance(net["b"], FastSTAdapter)
+
+
+def test_swap_attribute_naming_the_wrong_activation_is_refused():
+    class Mislabelled(VariantAdapter):
+        act = "relu"
+
+    old = Mislabelled(fn=nn.functional.gelu)
+    net = nn.ModuleDict({"a": old})
+    with pytest.warns(UserWarning, match="act='relu'.*output differs.*act=None.*output differs"):
+        assert swap_adapters(net) == 0
+    assert net["a"] is old
+
+
+def test_swap_no_match():
+    assert swap_adapters(nn.Sequential(nn.Linear(3, 3), NotAnAdapter())) == 0

@@ -74,7 +74,12 @@ def read_adapter_metadata(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"{path}: cannot read adapter checkpoint ({e})") from e
     if raw is None:
         raise ValueError(f"{path}: not a stadapter-fast adapter checkpoint (no 'stadapter_fast' metadata)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"{path}: adapter checkpoint metadata is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: adapter checkpoint metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
@@ -84,8 +89,8 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
     """Load a checkpoint written by :func:`save_adapters` into ``model`` (built the same way: same
     backbone architecture and adapter config, e.g. a fresh backbone + ``add_st_adapters``).
 
-    Raises ValueError naming the file and the first mismatch (backbone, adapter config, head,
-    missing or mis-shaped tensors)."""
+    Raises ValueError naming the file and the first problem (backbone, adapter config, head, missing,
+    mis-shaped or mis-typed tensors, unreadable data); on any error the model is left unchanged."""
     from safetensors.torch import load_file
 
     meta = read_adapter_metadata(path)
@@ -93,15 +98,22 @@ def load_adapters(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
     for key in ("backbone", "adapter_config", "m_adapter_config", "head"):
         if _comparable(meta.get(key)) != _comparable(mine.get(key)):
             raise ValueError(f"{path}: checkpoint {key} {meta.get(key)} does not match the model's {mine.get(key)}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # truncated data, a header that lies about sizes or offsets
+        raise ValueError(f"{path}: cannot read the adapter tensors ({type(e).__name__}: {e})") from e
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     missing, unexpected = sorted(trainable - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
         raise ValueError(f"{path}: tensors do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # every check before the first copy: a bad file changes nothing in the model
+    for n, t in tensors.items():
+        if params[n].shape != t.shape:
+            raise ValueError(f"{path}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}")
+        if params[n].dtype != t.dtype:
+            raise ValueError(f"{path}: tensor {n} has dtype {t.dtype}, model expects {params[n].dtype}")
     with torch.no_grad():
         for n, t in tensors.items():
-            if params[n].shape != t.shape:
-                raise ValueError(f"{path}: tensor {n} has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}")
             params[n].copy_(t)
     return model

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     r.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (and count in metrics.jsonl) a step whose loss or gradient is inf/NaN; default: stop "
+                        "with an error naming the step and the last good checkpoint")
     return ap
 
 
@@ -169,12 +172,21 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _optimizer_step(opt, sched, scaler, step: int) -> int:
+def _optimizer_step(opt, sched, scaler, step: int) -> tuple[int, str]:
+    """One update from the accumulated gradients: ``(new step, outcome)``, outcome "ok"; "nonfinite"
+    (a gradient holds inf/NaN: nothing updated, grads cleared); or "amp_skipped" (fp16's GradScaler
+    found inf/NaN in the scaled grads and skipped the update, as it is built to; the step still counts)."""
+    if not scaler.is_enabled():
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            opt.zero_grad(set_to_none=True)
+            return step, "nonfinite"
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
     sched.step()
-    return step + 1
+    return step + 1, ("amp_skipped" if scale is not None and scaler.get_scale() < scale else "ok")
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -183,17 +195,94 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def _write_metrics(path: Path, metrics: list) -> None:
+    """``metrics.jsonl`` rewritten whole and atomically from the records ``last.pt`` holds, so after a
+    crash and ``--resume`` no epoch is missing or repeated."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in metrics))
+    os.replace(tmp, path)
 
 
-def _set_rng_state(s):
+def _rng_state() -> dict:
+    """Every RNG state as tensors and plain types, so ``last.pt`` loads with ``weights_only=True``."""
+    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+            "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"].cpu())
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+_CHECKPOINT_KEYS = {"trainable": dict, "opt": dict, "sched": dict, "scaler": dict, "epoch": int, "step": int,
+                    "metrics": list, "rng": dict}
+
+
+def _checkpoint_problem(ck, model: torch.nn.Module, opt) -> Optional[str]:
+    """What makes ``ck`` unusable for ``model``/``opt``, or None."""
+    if not isinstance(ck, dict):
+        return f"holds a {type(ck).__name__}, not a checkpoint dict"
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(ck.get(key), kind):
+            return f"entry {key!r} is {type(ck.get(key)).__name__}, expected {kind.__name__}"
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = ck["trainable"]
+    missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
+    if missing or unexpected:
+        return f"trainable tensors do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+    for n, t in saved.items():
+        if not isinstance(t, torch.Tensor) or t.shape != params[n].shape or t.dtype != params[n].dtype:
+            got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"tensor {n} is {got}, the model expects {tuple(params[n].shape)} {params[n].dtype}"
+        if not torch.isfinite(t).all():
+            return f"tensor {n} holds non-finite values"
+    groups = ck["opt"].get("param_groups")
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in opt.param_groups]:
+        return "optimizer state does not match the model's parameter groups"
+    return None
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> dict:
+    """Load ``last.pt`` for ``--resume``. ``weights_only=True``: a hostile file cannot run code. Every
+    check comes before the first change, so a damaged file raises a ValueError naming it and the
+    problem, and changes nothing."""
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        # to CPU: the RNG states must stay CPU byte tensors; load_state_dict moves the rest to the params
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, tampered, not a torch file, or objects beyond tensors/plain types
+        raise ValueError(f"--resume: {path} cannot be read as a training checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    problem = _checkpoint_problem(ck, model, opt)
+    if problem:
+        raise ValueError(f"--resume: {path}: {problem}; nothing was loaded")
+    params = dict(model.named_parameters())
+    try:
+        opt_state = opt.state_dict()
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+    except Exception as e:  # noqa: BLE001
+        opt.load_state_dict(opt_state)
+        raise ValueError(f"--resume: {path}: optimizer, scheduler, scaler or RNG state cannot be restored "
+                         f"({type(e).__name__}: {e}); nothing was loaded") from e
+    with torch.no_grad():
+        for n, t in ck["trainable"].items():
+            params[n].copy_(t)
+    return ck
 
 
 @torch.no_grad()
@@ -300,18 +389,28 @@ def run(args) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     start_epoch, step, metrics = 0, 0, []
     ckpt_path = out / "last.pt"
+    last_good = "none written yet"
     if args.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        # to CPU: the RNG states must stay CPU byte tensors; load_state_dict moves the rest to the params
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        model.load_state_dict({**model.state_dict(), **{k: v for k, v in ck["trainable"].items() if k in trainable}})
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        scaler.load_state_dict(ck["scaler"])
+        ck = _load_checkpoint(ckpt_path, model, opt, sched, scaler)
         start_epoch, step, metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
-        _set_rng_state(ck["rng"])
+        last_good = f"{ckpt_path} (after epoch {start_epoch}, step {step})"
+        if rank == 0:
+            _write_metrics(out / "metrics.jsonl", metrics)
+
+    def nonfinite(what: str, epoch: int) -> None:
+        if not args.skip_nonfinite:
+            raise FloatingPointError(f"{what} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint: "
+                                     f"{last_good}. Lower --lr, use --amp bf16, or pass --skip-nonfinite "
+                                     f"to skip such steps and count them")
+        counts["nonfinite_skipped"] += 1
+
+    def update(epoch: int) -> None:
+        nonlocal step
+        step, outcome = _optimizer_step(opt, sched, scaler, step)
+        if outcome == "nonfinite":
+            nonfinite("non-finite gradient", epoch)
+        elif outcome == "amp_skipped":
+            counts["amp_skipped_steps"] += 1
 
     from tqdm.auto import tqdm
 
@@ -325,6 +424,7 @@ def run(args) -> dict:
         train_loader.set_epoch(epoch)
         model.train()
         losses, bad, t0, n_clips, pending = [], [], time.time(), 0, 0
+        counts = {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or rank != 0,
                    leave=False)
         for clips, labels, bad_paths in bar:
@@ -334,36 +434,43 @@ def run(args) -> dict:
             clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(ddp_model(clips), labels) / args.grad_accum
+            loss_value = loss.item() * args.grad_accum
+            if not math.isfinite(loss_value):
+                nonfinite(f"non-finite training loss ({loss_value})", epoch)
+                continue  # this micro-batch adds nothing to the pending accumulation
             scaler.scale(loss).backward()
             pending += 1
             if pending == args.grad_accum:
-                step = _optimizer_step(opt, sched, scaler, step)
+                update(epoch)
                 pending = 0
-            losses.append(loss.item() * args.grad_accum)
+            losses.append(loss_value)
             n_clips += len(labels)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
             if args.max_steps is not None and step >= args.max_steps:
                 done = True
                 break
         if pending:  # micro-batches left over from an incomplete accumulation: step on them too
-            step = _optimizer_step(opt, sched, scaler, step)
+            update(epoch)
         dt = time.time() - t0
         train_time += dt
         train_clips += n_clips * world
         rec = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "lr": sched.get_last_lr()[0], "clips_per_s": n_clips * world / max(dt, 1e-9), "train_bad": len(bad)}
+               "lr": sched.get_last_lr()[0], "clips_per_s": n_clips * world / max(dt, 1e-9), "train_bad": len(bad),
+               **counts}
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs or done:
             rec.update(evaluate(model, val_loader, device, amp_dtype))
         if bad and rank == 0:
             print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
         metrics.append(rec)
         if rank == 0:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
             trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            # plain types only (Paths as str): last.pt loads with weights_only=True
+            plain_args = json.loads(json.dumps(vars(args), default=str))
             _atomic_save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "metrics": metrics,
-                          "rng": _rng_state(), "args": vars(args)}, ckpt_path)
+                          "rng": _rng_state(), "args": plain_args}, ckpt_path)
+            last_good = f"{ckpt_path} (after epoch {epoch + 1}, step {step})"
+            _write_metrics(out / "metrics.jsonl", metrics)
             if not args.quiet:
                 msg = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}
                 print(json.dumps(msg), flush=True)

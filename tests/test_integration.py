@@ -228,6 +228,66 @@ def test_load_errors_name_the_file(tmp_path):
         load_adapters(clf, bad)
 
 
+def _rewrite_safetensors(src, dst, edit_tensors=None, edit_header=None):
+    """Copy an adapter checkpoint, editing its tensors (dict -> dict) or its raw JSON header."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    if edit_tensors is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(src), framework="pt") as f:
+            meta = f.metadata()
+        save_file(edit_tensors(load_file(str(src))), str(dst), metadata=meta)
+        return dst
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = edit_header(json.loads(raw[8:8 + n]))
+    hb = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+    return dst
+
+
+def test_damaged_adapter_files_are_named_and_change_nothing(tmp_path):
+    clf = build_clf()
+    randomize_trainable(clf)
+    path = save_adapters(clf, tmp_path / "a.safetensors")
+    target = build_clf()
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    first = next(n for n, p in clf.named_parameters() if p.requires_grad and p.dim() == 2)
+    last = [n for n, p in clf.named_parameters() if p.requires_grad][-1]
+
+    def lie_about_size(h):
+        # the last tensor's data range claims bytes past the end of the file
+        start, end = h[last]["data_offsets"]
+        h[last]["data_offsets"] = [start, end + 4096]
+        return h
+
+    cases = {
+        "truncated": (lambda d: d.write_bytes(path.read_bytes()[:-64]) and d, r"cannot read"),
+        "wrong shape": (lambda d: _rewrite_safetensors(path, d, edit_tensors=lambda t: {
+            **t, first: t[first][:-1]}), rf"tensor {first} has shape"),
+        "wrong dtype": (lambda d: _rewrite_safetensors(path, d, edit_tensors=lambda t: {
+            **t, last: t[last].double()}), rf"tensor {last} has dtype torch.float64"),
+        "missing key": (lambda d: _rewrite_safetensors(path, d, edit_tensors=lambda t: {
+            k: v for k, v in t.items() if k != last}), r"missing \["),
+        "header lies": (lambda d: _rewrite_safetensors(path, d, edit_header=lie_about_size),
+                        r"cannot read"),
+        "bad metadata": (lambda d: _rewrite_safetensors(path, d, edit_header=lambda h: {
+            **h, "__metadata__": {"stadapter_fast": "{not json"}}), r"metadata is not valid JSON"),
+    }
+    for i, (name, (make, why)) in enumerate(cases.items()):
+        bad = make(tmp_path / f"bad{i}.safetensors")
+        with pytest.raises(ValueError, match=rf"bad{i}.safetensors: .*{why}"):
+            load_adapters(target, tmp_path / f"bad{i}.safetensors")
+        for n, p in target.named_parameters():
+            assert torch.equal(p, before[n]), f"{name}: {n} changed"
+    load_adapters(target, path)  # the good file still loads
+    assert torch.equal(dict(target.named_parameters())[first], dict(clf.named_parameters())[first])
+
+
 def test_torchvision_shim_only_acts_on_the_known_failure(monkeypatch):
     import builtins
 

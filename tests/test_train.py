@@ -42,12 +42,87 @@ def test_resume_continues_exactly(data, tmp_path):
     main(args(data, tmp_path / "straight", *common))
     main(args(data, tmp_path / "resumed", *common[:-4], "--epochs", "1", "--dropout", "0.5"))
     main(args(data, tmp_path / "resumed", *common, "--resume"))
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    # tensors and plain types only: loads without unpickling arbitrary objects
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for k in a["trainable"]:
         assert torch.equal(a["trainable"][k], b["trainable"][k]), k
     assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
+    lines = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines == b["metrics"]
+
+
+class _Hostile:
+    """Unpickling this would run a command (what weights_only=True refuses)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_damaged_or_hostile_checkpoint_is_refused_and_kept(data, tmp_path):
+    run = tmp_path / "run"
+    main(args(data, run, "--loader", "pyav", "--epochs", "1", "--max-steps", "1"))
+    good = torch.load(run / "last.pt", weights_only=True)
+    first = next(iter(good["trainable"]))
+    marker = tmp_path / "pwned"
+
+    def with_tensor(t):
+        return {**good, "trainable": {**good["trainable"], first: t}}
+
+    unreadable = "cannot be read as a training checkpoint"
+    damaged = {
+        "truncated": (lambda p: p.write_bytes(p.read_bytes()[:1000]), unreadable),
+        "garbage": (lambda p: p.write_bytes(b"not a checkpoint" * 10), unreadable),
+        "hostile": (lambda p: torch.save({"x": _Hostile(marker)}, p), unreadable),
+        "wrong shape": (lambda p: torch.save(with_tensor(torch.zeros(3)), p), rf"tensor {first} is \(3,\)"),
+        "wrong dtype": (lambda p: torch.save(with_tensor(good["trainable"][first].double()), p), "torch.float64"),
+        "missing key": (lambda p: torch.save({k: v for k, v in good.items() if k != "opt"}, p), "entry 'opt'"),
+        "non-finite": (lambda p: torch.save(with_tensor(torch.full_like(good["trainable"][first], float("nan"))), p),
+                       "non-finite"),
+    }
+    ckpt = run / "last.pt"
+    for name, (damage, why) in damaged.items():
+        torch.save(good, ckpt)
+        damage(ckpt)
+        written = ckpt.read_bytes()
+        with pytest.raises(ValueError, match=f"--resume: {ckpt}.*{why}"):
+            main(args(data, run, "--loader", "pyav", "--epochs", "2", "--resume"))
+        assert ckpt.read_bytes() == written, f"{name}: the checkpoint file was changed"
+        assert not marker.exists(), "unpickling ran code"
+
+
+def test_load_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
+    from stadapter_fast.train import _load_checkpoint
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    ckpt = tmp_path / "last.pt"
+    torch.save({"trainable": {"weight": torch.ones(3, 4), "bias": torch.ones(2)}, "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": 0, "step": 1, "metrics": [],
+                "rng": {}}, ckpt)
+    with pytest.raises(ValueError, match=r"tensor bias is \(2,\)"):
+        _load_checkpoint(ckpt, model, opt, sched, scaler)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_nonfinite_loss_stops_with_the_step_or_is_skipped_and_counted(data, tmp_path):
+    # a learning rate so large that the first update makes every later loss inf/NaN
+    blowup = ["--loader", "pyav", "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0"]
+    with pytest.raises(FloatingPointError, match=r"non-finite .* at step 2 \(epoch 1\); the last good checkpoint: "
+                                                 r"none written yet"):
+        main(args(data, tmp_path / "stop", *blowup))
+    s = main(args(data, tmp_path / "skip", *blowup, "--skip-nonfinite"))
+    rec = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert s["steps"] == 1 and rec["nonfinite_skipped"] >= 1 and rec["amp_skipped_steps"] == 0
 
 
 @pytest.mark.parametrize("method", ["st-adapter", "m-adapter"])

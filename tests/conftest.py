@@ -39,3 +39,17 @@ def nan_poisoned_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", _nan_empty)
     monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
     yield
+
+
+# Property-based tests (tests/test_properties.py): a fixed seed and bounded examples in CI; the "slow"
+# profile (--hypothesis-profile=slow) runs many more before a kernel change.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(derandomize=True, deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("ci", **_common)
+    settings.register_profile("slow", **dict(_common, derandomize=False), max_examples=1000)
+    settings.load_profile("ci")
+except ImportError:
+    pass

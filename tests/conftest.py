@@ -48,7 +48,7 @@ try:
 
     _common = dict(derandomize=True, deadline=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.register_profile("ci", **_common)
+    settings.register_profile("ci", **_common, max_examples=36)
     settings.register_profile("slow", **dict(_common, derandomize=False), max_examples=1000)
     settings.load_profile("ci")
 except ImportError:

@@ -41,8 +41,13 @@ def adapter_cases(draw):
     # other side than in fp64, and its gradient then differs by the whole jump (not an error of the
     # kernels). relu is drawn with fp32 only.
     acts = [a for a in ACTIVATIONS if dtype == "float32" or a != "relu"]
+    # A parameter gradient is a sum over tokens. In half precision each term carries ~1e-3 of rounding,
+    # and a sum that cancels (one channel, a few dozen terms of mixed sign) can sit far below its terms,
+    # where a bound relative to the result means nothing (C = Ca = 1 gave 0.3). Half-precision examples
+    # therefore draw widths from 16 up; fp32 draws from 1.
+    low = 1 if dtype == "float32" else 16
     return dict(B=B, T=T, H=H, W=W, P=P, square=draw(st.booleans()) if H == W else False,
-                C=draw(st.integers(1, 300)), Ca=draw(st.integers(1, 300)),
+                C=draw(st.integers(low, 300)), Ca=draw(st.integers(low, 300)),
                 ks=tuple(draw(st.sampled_from([1, 3, 5])) for _ in range(3)),
                 act=draw(st.sampled_from(acts)), dtype=dtype,
                 path=draw(st.sampled_from(PATHS)), layout=draw(st.sampled_from(LAYOUTS)),

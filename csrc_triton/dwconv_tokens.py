@@ -23,20 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
+from .activations import ACTIVATIONS  # noqa: F401  (re-exported: launchers and tests use k.ACTIVATIONS)
+
 #: Whether kernels in this module were decorated under Triton's CPU interpreter.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-#: Activation codes shared with ``stadapter_fast``: name -> constexpr code.
-ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "quick_gelu": 4, "silu": 5}
-
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-_SQRT_2_OVER_PI = 0.7978845608028654
+# Each code of csrc_triton.activations.ACTIVATIONS has its own branch below; an unknown code fails to
+# compile (tl.static_assert) instead of silently computing another activation.
 
 
 @triton.jit
 def _act_fwd(x, ACT: tl.constexpr):
-    if ACT == 1:  # relu
+    if ACT == 0:  # none
+        x = x
+    elif ACT == 1:  # relu
         x = tl.where(x > 0, x, 0.0)
     elif ACT == 2:  # gelu (erf)
         x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
@@ -47,6 +47,8 @@ def _act_fwd(x, ACT: tl.constexpr):
         x = x * tl.sigmoid(1.702 * x)
     elif ACT == 5:  # silu
         x = x * tl.sigmoid(x)
+    else:
+        tl.static_assert(False, "unknown activation code (see csrc_triton/activations.py)")
     return x
 
 
@@ -66,9 +68,11 @@ def _act_grad(x, ACT: tl.constexpr):
     elif ACT == 4:
         s = tl.sigmoid(1.702 * x)
         g = s + 1.702 * x * s * (1.0 - s)
-    else:
+    elif ACT == 5:
         s = tl.sigmoid(x)
         g = s + x * s * (1.0 - s)
+    else:
+        tl.static_assert(False, "no derivative for this activation code (see csrc_triton/activations.py)")
     return g
 
 

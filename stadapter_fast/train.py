@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ops.dwconv_tokens import ACTIVATIONS
+
 DEFAULT_DATA = "data/synthetic"
 
 
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kernel-size", type=int, nargs=3, default=[3, 1, 1])
     m.add_argument("--positions", nargs="+", default=["pre_mlp"], choices=["pre_attn", "pre_mlp"])
     m.add_argument("--layers", default="all", help="'all', k (last k blocks) or comma-separated indices")
-    m.add_argument("--act", default=None, choices=["relu", "gelu", "gelu_tanh", "quick_gelu", "silu"])
+    m.add_argument("--act", default=None, choices=[a for a in ACTIVATIONS if a != "none"])
     m.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
     m.add_argument("--adapter-path", choices=["auto", "two_pass", "one_pass"], default="auto",
                    help="fast adapters' execution path (see FastSTAdapter); checkpoints are unaffected")

@@ -16,10 +16,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+# activation name -> code of the Triton kernels: the one table (plain Python, imports no Triton)
+from csrc_triton.activations import ACTIVATIONS
+
 from .._backend import resolve_backend, triton_kernels
 
-#: activation name -> code shared with the Triton kernels (``csrc_triton.dwconv_tokens.ACTIVATIONS``).
-ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "quick_gelu": 4, "silu": 5}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

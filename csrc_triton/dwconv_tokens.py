@@ -23,8 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .activations import ACTIVATIONS  # noqa: F401  (re-exported: launchers and tests use k.ACTIVATIONS)
-
 #: Whether kernels in this module were decorated under Triton's CPU interpreter.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -16,6 +16,7 @@ from triton.compiler import ASTSource
 
 import csrc_triton.adapter_onepass as k1
 import csrc_triton.dwconv_tokens as k
+from csrc_triton.activations import ACTIVATIONS
 
 PTR_IO = {"X", "Y", "DZ", "DP", "Hh", "DY", "PRE", "Z"}  # activation-dtype pointers
 PTR_PARAM = {"Wt", "Bias", "Wc", "Bc", "W2", "B2"}  # parameter pointers (fp32 here; any float works)
@@ -64,7 +65,7 @@ def variants():
     for C in (384, 20):
         blk = _blk(conv0)
         w = conv0["num_warps"]
-        for io, (act_name, act) in itertools.product(("fp16", "bf16", "fp32"), k.ACTIVATIONS.items()):
+        for io, (act_name, act) in itertools.product(("fp16", "bf16", "fp32"), ACTIVATIONS.items()):
             if C != 384 and act_name != "gelu":
                 continue
             ks = dict(KT=3, KH=1, KW=1)
@@ -79,7 +80,7 @@ def variants():
     # the one-pass adapter tail, forward and fused backward (tensor-core dots for fp16/bf16, IEEE fp32/fp64)
     for io, act_name in itertools.product(("fp16", "bf16", "fp32", "fp64"), ("none", "gelu", "quick_gelu")):
         for kss in ((3, 1, 1), (3, 3, 3)):
-            act = k.ACTIVATIONS[act_name]
+            act = ACTIVATIONS[act_name]
             base = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, ACT=act, DOT_IEEE=io in ("fp32", "fp64"))
             tag = f"{io}-{act_name}-k{''.join(map(str, kss))}"
             yield (f"onepass-{tag}", k1._onepass_fwd_kernel, io,

@@ -266,7 +266,9 @@ def _load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> 
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, tampered, not a torch file, or objects beyond tensors/plain types
         raise ValueError(f"--resume: {path} cannot be read as a training checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). A last.pt that holds "
+                         f"objects beyond tensors and plain types (e.g. numpy RNG state, as older versions wrote) "
+                         f"is refused: start a new run") from e
     problem = _checkpoint_problem(ck, model, opt)
     if problem:
         raise ValueError(f"--resume: {path}: {problem}; nothing was loaded")

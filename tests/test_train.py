@@ -181,3 +181,26 @@ def test_grad_accum_steps_on_leftover_micro_batches(data, tmp_path):
 def test_half_backbone_defaults_to_autocast(data, tmp_path):
     s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "1", "--max-steps", "1", "--backbone-dtype", "bf16"))
     assert s["steps"] == 1
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_optimizer_step_reports_nonfinite_gradients(scaled):
+    """An inf gradient: without a GradScaler nothing updates and the step is "nonfinite"; with fp16's
+    GradScaler the scaler skips the update as designed and the step is reported "amp_skipped"."""
+    from stadapter_fast.train import _optimizer_step
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(model(torch.randn(3, 2)).sum()).backward()
+    model.weight.grad[0, 0] = float("inf")
+    step, outcome = _optimizer_step(opt, sched, scaler, 7)
+    assert (step, outcome) == ((8, "amp_skipped") if scaled else (7, "nonfinite"))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters())
+    # a finite step updates
+    scaler.scale(model(torch.randn(3, 2)).sum()).backward()
+    assert _optimizer_step(opt, sched, scaler, step)[1] == "ok"
+    assert not torch.equal(model.weight, before[0])

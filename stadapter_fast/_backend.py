@@ -75,8 +75,7 @@ AUTO_PATH = {
     # CPU), so two_pass: faster for spatial kernels, tied or faster for temporal ones.
     ("torch", "temporal"): "two_pass",
     ("torch", "spatial"): "two_pass",
-    # Triton (GPU): NOT MEASURED yet -- no GPU was available to the sessions that wrote the one-pass
-    # kernels. two_pass until benchmarks/run_gpu.sh phase B (fast vs fast_onepass) says otherwise;
+    # Triton (GPU): NOT MEASURED yet (no kernel has run on a GPU). two_pass until benchmarks/run_gpu.sh phase B (fast vs fast_onepass) says otherwise;
     # one_pass is the memory-saving choice (keeps only x and h).
     ("triton", "temporal"): "two_pass",
     ("triton", "spatial"): "two_pass",

@@ -10,7 +10,7 @@ from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import ACTIVATIONS, st_adapter_conv
 from .swap import set_adapter_path, swap_adapters
 from .integration import (STAdapterConfig, VideoClassifier, add_st_adapters, adapter_parameter_count,
-                          count_parameters, create_backbone, set_num_frames)
+                          count_parameters, create_backbone, set_backbone_checkpointing, set_num_frames)
 from .madapter import MAdapterConfig, MAdapterVideoClassifier
 from .checkpoint import load_adapters, read_adapter_metadata, save_adapters
 from ._compat import ensure_torchvision_importable
@@ -37,6 +37,7 @@ __all__ = [
     "resolve_backend",
     "save_adapters",
     "set_adapter_path",
+    "set_backbone_checkpointing",
     "set_num_frames",
     "st_adapter_conv",
     "swap_adapters",

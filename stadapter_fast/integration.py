@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ._backend import check_path_options
@@ -167,6 +168,8 @@ class STAdapterBlock(nn.Module):
             raise ValueError(f"cannot insert adapters into {type(block).__name__}: missing {missing} "
                              f"(supported: timm Block, open_clip ResidualAttentionBlock)")
         self.batch_first = kind == "timm" or getattr(getattr(block, "attn", None), "batch_first", True)
+        #: activation checkpointing (see :func:`set_backbone_checkpointing`)
+        self.checkpoint = False
 
     def _adapt(self, adapter: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
         if adapter is None:
@@ -176,6 +179,13 @@ class STAdapterBlock(nn.Module):
         return adapter(x.transpose(0, 1), self.frames.num_frames).transpose(0, 1)  # LND <-> NLD
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            # keep only the block's input; backward re-runs the block (adapters included). The RNG
+            # state is restored for the re-run, so dropout masks repeat.
+            return torch.utils.checkpoint.checkpoint(self._forward, x, *args, use_reentrant=False, **kwargs)
+        return self._forward(x, *args, **kwargs)
+
+    def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         b = self.block
         x = self._adapt(self.pre_attn, x)
         if self.kind == "timm":
@@ -244,6 +254,19 @@ def set_num_frames(model: nn.Module, num_frames: int) -> None:
     if ctx is None:
         raise ValueError("model has no ST-Adapters (call add_st_adapters first)")
     ctx.num_frames = num_frames
+
+
+def set_backbone_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Activation checkpointing of every block that holds ST-Adapters (the adapters inside included):
+    in training, such a block keeps only its input for backward and re-runs itself there. Less
+    activation memory for one more forward of those blocks; gradients are unchanged. Blocks without
+    adapters of a frozen backbone keep nothing for backward anyway. Returns how many blocks."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be a bool, got {enabled!r}")
+    blocks = [m for m in model.modules() if isinstance(m, STAdapterBlock)]
+    for m in blocks:
+        m.checkpoint = enabled
+    return len(blocks)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

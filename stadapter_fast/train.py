@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
     m.add_argument("--adapter-path", choices=["auto", "two_pass", "one_pass"], default="auto",
                    help="fast adapters' execution path (see FastSTAdapter); checkpoints are unaffected")
+    m.add_argument("--checkpoint-backbone", action="store_true",
+                   help="activation checkpointing of the backbone blocks that hold adapters (--method st-adapter): "
+                        "less memory, one more forward of those blocks")
     m.add_argument("--no-recompute", action="store_true",
                    help="one-pass path: keep the conv's pre-activation for backward instead of recomputing it")
     m.add_argument("--dropout", type=float, default=0.5)
@@ -121,7 +124,8 @@ def _dist():
 
 
 def build_model(args, num_classes: int, device: torch.device):
-    from . import STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone, set_adapter_path
+    from . import (STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone, set_adapter_path,
+                   set_backbone_checkpointing)
 
     kwargs = json.loads(args.backbone_kwargs or "{}")
     if args.backbone.startswith("timm:"):
@@ -131,6 +135,9 @@ def build_model(args, num_classes: int, device: torch.device):
         pretrained = True
     backbone = create_backbone(args.backbone, pretrained=pretrained or False, **kwargs)
     bdt = _DTYPES[args.backbone_dtype]
+    if args.checkpoint_backbone and args.method != "st-adapter":
+        raise ValueError(f"--checkpoint-backbone applies to --method st-adapter (the backbone blocks that hold "
+                         f"adapters), got --method {args.method}")
     if args.method == "m-adapter":
         from .madapter import MAdapterConfig, MAdapterVideoClassifier
 
@@ -153,6 +160,8 @@ def build_model(args, num_classes: int, device: torch.device):
                               impl=args.adapter_impl, path=args.adapter_path, recompute=not args.no_recompute,
                               backbone_dtype=bdt)
         add_st_adapters(backbone, cfg, num_frames=args.frames)
+        if args.checkpoint_backbone:
+            set_backbone_checkpointing(backbone, True)
     return VideoClassifier(backbone, num_classes, num_frames=args.frames, dropout=args.dropout).to(device)
 
 

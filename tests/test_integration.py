@@ -306,3 +306,41 @@ def test_torchvision_shim_only_acts_on_the_known_failure(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(RuntimeError, match="some other torchvision problem"):
         _compat.ensure_torchvision_importable()
+
+
+@pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])
+def test_backbone_checkpointing_same_gradients_less_memory(make):
+    """--checkpoint-backbone: identical loss and gradients (with a dropout head; the re-run inside
+    backward restores the RNG state), fewer bytes kept for backward; no effect without grad."""
+    from stadapter_fast import set_backbone_checkpointing
+    from stadapter_fast.memory import saved_activation_bytes
+
+    torch.manual_seed(0)
+    clf = VideoClassifier(add_st_adapters(make(), STAdapterConfig(adapter_channels=16, positions=("pre_attn", "pre_mlp"),
+                                                                   act="gelu")), num_classes=7, num_frames=4, dropout=0.5)
+    randomize_trainable(clf, seed=3)
+    clf.train()
+    v = video(T=4)
+    labels = torch.tensor([1, 5])
+
+    def run():
+        torch.manual_seed(7)  # the head's dropout mask
+        loss = torch.nn.functional.cross_entropy(clf(v), labels)
+        params = [p for p in clf.parameters() if p.requires_grad]
+        return loss, torch.autograd.grad(loss, params)
+
+    plain_bytes, (loss0, grads0) = saved_activation_bytes(run)
+    n = set_backbone_checkpointing(clf, True)
+    assert n == len([m for m in clf.modules() if type(m).__name__ == "STAdapterBlock"]) > 0
+    ckpt_bytes, (loss1, grads1) = saved_activation_bytes(run)
+    assert torch.equal(loss0, loss1)
+    for a, b in zip(grads0, grads1):
+        assert torch.equal(a, b)
+    assert ckpt_bytes < 0.5 * plain_bytes, (ckpt_bytes, plain_bytes)
+    with torch.no_grad():
+        clf.eval()
+        out_ckpt = clf(v)
+        set_backbone_checkpointing(clf, False)
+        assert torch.equal(out_ckpt, clf(v))
+    with pytest.raises(ValueError, match="enabled must be a bool"):
+        set_backbone_checkpointing(clf, "yes")

@@ -204,3 +204,15 @@ def test_optimizer_step_reports_nonfinite_gradients(scaled):
     scaler.scale(model(torch.randn(3, 2)).sum()).backward()
     assert _optimizer_step(opt, sched, scaler, step)[1] == "ok"
     assert not torch.equal(model.weight, before[0])
+
+
+def test_checkpoint_backbone_trains_identically(data, tmp_path):
+    common = ["--loader", "pyav", "--epochs", "1", "--max-steps", "2", "--dropout", "0.5"]
+    main(args(data, tmp_path / "plain", *common))
+    main(args(data, tmp_path / "ckpt", *common, "--checkpoint-backbone"))
+    a = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]), k
+    with pytest.raises(ValueError, match="--checkpoint-backbone applies to --method st-adapter"):
+        main(args(data, tmp_path / "m", "--method", "m-adapter", "--checkpoint-backbone", *common))

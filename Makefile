@@ -13,6 +13,8 @@ NUMPY_SPEC ?= numpy
 REQUIRE_CPU_TORCH ?= 1
 EXTRAS ?= test
 PYTEST_ARGS ?=
+# pytest-xdist workers (a test file stays on one worker: its module fixtures run once)
+PYTEST_JOBS ?= auto
 CONSTRAINTS := $(abspath $(VENV))/constraints.txt
 
 # The version matrix's second row: the oldest versions supported (pyproject's lower bounds), which
@@ -47,7 +49,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 test-compat:
 	$(MAKE) --no-print-directory test VENV=$(COMPAT_VENV) TORCH_VERSION=$(COMPAT_TORCH) \

@@ -31,9 +31,11 @@ pytestmark = pytest.mark.skipif(__import__("torch").cuda.is_available(),
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter is never timed
+    # the interpreter is never timed; an xdist worker's variables would make pytest-benchmark think the
+    # child is distributed too (it then refuses --benchmark-only)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_XDIST")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "-q",
-                           "-p", "no:cacheprovider", f"--benchmark-json={out}"],
+                           "-p", "no:cacheprovider", "-p", "no:xdist", f"--benchmark-json={out}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return out

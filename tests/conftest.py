@@ -20,7 +20,8 @@ _real_empty, _real_empty_like = torch.empty, torch.empty_like
 
 def _poison(t):
     if t.dtype.is_floating_point or t.dtype.is_complex:
-        t.fill_(float("nan"))
+        with torch.no_grad():  # also leaves created with requires_grad=True (torch 2.11's checkpoint makes one)
+            t.fill_(float("nan"))
     return t
 
 

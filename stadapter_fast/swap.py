@@ -1,10 +1,12 @@
 """``swap_adapters``: replace official-style ST-Adapters in any model with :class:`FastSTAdapter`."""
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from typing import Optional, Sequence
 
+import torch
 from torch import nn
 
 from ._backend import check_path_options
@@ -55,13 +57,10 @@ def probe_equivalent(old: nn.Module, new: FastSTAdapter, seed: int = 0) -> tuple
     (not the current ones: a zero-initialised conv hides the activation and prefix handling) and the
     same random clip (a grid and prefix count as ``new`` would use them); forward outputs and input
     gradients must agree to ``PROBE_RTOL``. ``old`` may add into its input in place (the release
-    does); it gets a copy. Returns ``(ok, reason)``."""
-    import copy
-
-    import torch
-
-    ref = copy.deepcopy(old).to(device="cpu", dtype=torch.float64)
-    cand = copy.deepcopy(new).to(device="cpu", dtype=torch.float64)
+    does); it gets a copy. Both run in eval mode (dropout-like randomness would hide the comparison).
+    Returns ``(ok, reason)``."""
+    ref = copy.deepcopy(old).to(device="cpu", dtype=torch.float64).eval()
+    cand = copy.deepcopy(new).to(device="cpu", dtype=torch.float64).eval()
     cand.backend = "torch"
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

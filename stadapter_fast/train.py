@@ -448,8 +448,14 @@ def run(args) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(ddp_model(clips), labels) / args.grad_accum
             loss_value = loss.item() * args.grad_accum
-            if not math.isfinite(loss_value):
-                nonfinite(f"non-finite training loss ({loss_value})", epoch)
+            finite = math.isfinite(loss_value)
+            if world > 1:  # every rank must skip (or stop) together, or DDP's gradient all-reduce hangs
+                flag = torch.tensor([float(finite)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                finite = bool(flag.item())
+            if not finite:
+                nonfinite(f"non-finite training loss ({loss_value} on this rank)" if world > 1 else
+                          f"non-finite training loss ({loss_value})", epoch)
                 continue  # this micro-batch adds nothing to the pending accumulation
             scaler.scale(loss).backward()
             pending += 1

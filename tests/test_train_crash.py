@@ -37,20 +37,16 @@ def hit():
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if point == "step":
-    step = tr._optimizer_step
-    def wrapped_step(*a, **k):
+def wrap(name):
+    fn = getattr(tr, name)
+    def wrapped(*a, **k):
         if hit():
             die()
-        return step(*a, **k)
-    tr._optimizer_step = wrapped_step
-elif point == "eval":
-    evaluate = tr.evaluate
-    def wrapped_eval(*a, **k):
-        if hit():
-            die()
-        return evaluate(*a, **k)
-    tr.evaluate = wrapped_eval
+        return fn(*a, **k)
+    setattr(tr, name, wrapped)
+
+if point in ("step", "eval"):
+    wrap({"step": "_optimizer_step", "eval": "evaluate"}[point])
 elif point == "save":
     save = tr._atomic_save
     def wrapped_save(obj, path):

@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from .dwconv_tokens import (DEFAULTS, INTERPRET, TunedKernel, _acc_dtype, _act_fwd, _act_grad, _check_clips,
-                            _check_token_tensor, _conv_tile, _on_device, _store_wgrad_partials, _tile_coords,
-                            _token_coords, dwconv_tokens_fwd, token_programs)
+                            _check_token_tensor, _conv_tile, _on_device, _prefix_coords, _store_wgrad_partials,
+                            _tile_coords, _token_coords, dwconv_tokens_fwd, token_programs)
 
 
 @triton.jit
@@ -35,27 +35,39 @@ def _onepass_fwd_kernel(
     PRE, spre_n, spre_l,        # pre-activation out [N, L, CA] (written iff STORE_PRE)
     Wc, Bc,                     # conv weight [CA, taps] contiguous; conv bias [CA]
     W2, B2,                     # fc2 weight [C, CA] contiguous; fc2 bias [C]
-    M, CA, C, T, H, W, P,
+    R,                          # per-clip output scale [N // T] (read iff HAS_R)
+    M, CA, C, T, H, W, P,       # M: rows of this launch (N*H*W patch rows, or N*P prefix rows)
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HAS_CB: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-    DOT_IEEE: tl.constexpr, STORE_PRE: tl.constexpr,
+    HAS_CB: tl.constexpr, HAS_B2: tl.constexpr, HAS_R: tl.constexpr, PREFIX_ROWS: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, DOT_IEEE: tl.constexpr, STORE_PRE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_S: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    _, m_mask, n, s, yy, xx = _token_coords(pid_m, M, T, H, W, BLOCK_M, GROUP_S)
+    if PREFIX_ROWS:  # prefix rows: no conv, pre = h
+        m_mask, n, tok = _prefix_coords(pid_m, M, P, BLOCK_M)
+        yy = tok
+        xx = tok
+    else:
+        _, m_mask, n, s, yy, xx = _token_coords(pid_m, M, T, H, W, BLOCK_M, GROUP_S)
+        tok = P + s
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < C
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, CA, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < CA
-        z = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
-                       KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
+        if PREFIX_ROWS:
+            h_row = n.to(tl.int64) * sh_n + tok.to(tl.int64) * sh_l
+            z = tl.load(Hh + h_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                        other=0.0).to(ACC)
+        else:
+            z = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
+                           KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
         if STORE_PRE:  # only the first column tile stores; the mask is all-block (no scalar `if`:
             # Triton 3.6's interpreter cannot branch on a program id, 3.9's cannot mix scalars into masks)
             first = (pid_n + tl.zeros((BLOCK_K,), tl.int32)) == 0
-            pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
+            pre_row = n.to(tl.int64) * spre_n + tok.to(tl.int64) * spre_l
             tl.store(PRE + pre_row[:, None] + offs_k[None, :], z.to(PRE.dtype.element_ty),
                      mask=m_mask[:, None] & (k_mask & first)[None, :])
         if ACT != 0:
@@ -68,10 +80,12 @@ def _onepass_fwd_kernel(
             acc += tl.dot(z.to(Hh.dtype.element_ty), w2.to(Hh.dtype.element_ty))
     if HAS_B2:
         acc += tl.load(B2 + offs_n, mask=n_mask, other=0.0).to(ACC)[None, :]
+    if HAS_R:
+        acc = acc * tl.load(R + n // T, mask=m_mask, other=0.0).to(ACC)[:, None]
     mn_mask = m_mask[:, None] & n_mask[None, :]
-    x_row = n.to(tl.int64) * sx_n + (P + s).to(tl.int64) * sx_l
+    x_row = n.to(tl.int64) * sx_n + tok.to(tl.int64) * sx_l
     xv = tl.load(X + x_row[:, None] + offs_n[None, :], mask=mn_mask, other=0.0).to(ACC)
-    y_row = n.to(tl.int64) * sy_n + (P + s).to(tl.int64) * sy_l
+    y_row = n.to(tl.int64) * sy_n + tok.to(tl.int64) * sy_l
     tl.store(Y + y_row[:, None] + offs_n[None, :], (xv + acc).to(Y.dtype.element_ty), mask=mn_mask)
 
 
@@ -81,19 +95,32 @@ def _onepass_bwd_kernel(
     DY, sdy_n, sdy_l,           # dy tokens [N, L, C]
     PRE, spre_n, spre_l,        # saved pre-activation [N, L, CA] (read iff LOAD_PRE)
     Z, sz_n, sz_l,              # z = act(pre) out [N, L, CA] (written iff STORE_Z)
-    DP,                         # dpre out, contiguous [M, CA]
+    DP,                         # dpre out, contiguous [M, CA] (patch rows)
+    DH, sdh_n, sdh_l,           # dh out [N, L, CA]: written here at prefix rows (PREFIX_ROWS) only
     Wc, Bc, W2,                 # conv weight [CA, taps], conv bias [CA], fc2 weight [C, CA] (contiguous)
-    PART,                       # fp32/fp64 partials [num_m_tiles, taps + 1, CA]
-    M, CA, C, T, H, W, P,
+    R,                          # per-clip output scale [N // T] (read iff HAS_R)
+    PART,                       # fp32/fp64 partials [num_m_tiles, taps + 1, CA] (patch rows)
+    M, CA, C, T, H, W, P,       # M: rows of this launch (N*H*W patch rows, or N*P prefix rows)
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    HAS_CB: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, DOT_IEEE: tl.constexpr,
-    LOAD_PRE: tl.constexpr, STORE_Z: tl.constexpr,
+    HAS_CB: tl.constexpr, HAS_R: tl.constexpr, PREFIX_ROWS: tl.constexpr, ACT: tl.constexpr,
+    ACC: tl.constexpr, DOT_IEEE: tl.constexpr, LOAD_PRE: tl.constexpr, STORE_Z: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_S: tl.constexpr,
 ):
-    pid_m, offs_m, offs_k, m_mask, k_mask, n, s, yy, xx = _tile_coords(M, CA, T, H, W, BLOCK_M, BLOCK_K, GROUP_S)
+    if PREFIX_ROWS:  # prefix rows: no conv (pre = h), dh = dpre written straight to DH
+        pid_m = tl.program_id(0)
+        m_mask, n, tok = _prefix_coords(pid_m, M, P, BLOCK_M)
+        offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < CA
+        yy = tok
+        xx = tok
+        offs_m = tok
+    else:
+        pid_m, offs_m, offs_k, m_mask, k_mask, n, s, yy, xx = _tile_coords(M, CA, T, H, W, BLOCK_M, BLOCK_K,
+                                                                           GROUP_S)
+        tok = P + s
     mk_mask = m_mask[:, None] & k_mask[None, :]
     # dz = dy W2 for this tile, in registers
-    dy_row = n.to(tl.int64) * sdy_n + (P + s).to(tl.int64) * sdy_l
+    dy_row = n.to(tl.int64) * sdy_n + tok.to(tl.int64) * sdy_l
     dz = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
     for c0 in range(0, C, BLOCK_N):
         offs_n = c0 + tl.arange(0, BLOCK_N)
@@ -104,10 +131,15 @@ def _onepass_bwd_kernel(
             dz += tl.dot(dyv.to(ACC), w2.to(ACC), input_precision="ieee")
         else:  # tensor cores in the activation dtype (autocast's fc2 backward does the same)
             dz += tl.dot(dyv.to(Hh.dtype.element_ty), w2.to(Hh.dtype.element_ty))
+    if HAS_R:  # y = x + r * (...): every gradient into the adapter is scaled by its clip's r
+        dz = dz * tl.load(R + n // T, mask=m_mask, other=0.0).to(ACC)[:, None]
     # the pre-activation: recomputed from h (recompute=True) or loaded
     if LOAD_PRE:
-        pre_row = n.to(tl.int64) * spre_n + (P + s).to(tl.int64) * spre_l
+        pre_row = n.to(tl.int64) * spre_n + tok.to(tl.int64) * spre_l
         pre = tl.load(PRE + pre_row[:, None] + offs_k[None, :], mask=mk_mask, other=0.0).to(ACC)
+    elif PREFIX_ROWS:
+        h_row = n.to(tl.int64) * sh_n + tok.to(tl.int64) * sh_l
+        pre = tl.load(Hh + h_row[:, None] + offs_k[None, :], mask=mk_mask, other=0.0).to(ACC)
     else:
         pre = _conv_tile(Hh, sh_n, sh_l, P, Wc, Bc, offs_k, k_mask, n, yy, xx, m_mask, T, H, W,
                          KT, KH, KW, False, HAS_CB, ACC, BLOCK_M, BLOCK_K)
@@ -115,15 +147,20 @@ def _onepass_bwd_kernel(
         z = pre
         if ACT != 0:
             z = _act_fwd(pre, ACT)
-        z_row = n.to(tl.int64) * sz_n + (P + s).to(tl.int64) * sz_l
+        z_row = n.to(tl.int64) * sz_n + tok.to(tl.int64) * sz_l
         tl.store(Z + z_row[:, None] + offs_k[None, :], z.to(Z.dtype.element_ty), mask=mk_mask)
     dp = dz
     if ACT != 0:
         dp = dz * _act_grad(pre, ACT)
     dp = tl.where(mk_mask, dp, 0.0)
-    tl.store(DP + offs_m.to(tl.int64)[:, None] * CA + offs_k[None, :], dp.to(DP.dtype.element_ty), mask=mk_mask)
-    _store_wgrad_partials(PART, pid_m, dp, Hh, sh_n, sh_l, P, offs_k, k_mask, n, yy, xx, m_mask, CA, T, H, W,
-                          KT, KH, KW, ACC)
+    if PREFIX_ROWS:
+        dh_row = n.to(tl.int64) * sdh_n + tok.to(tl.int64) * sdh_l
+        tl.store(DH + dh_row[:, None] + offs_k[None, :], dp.to(DH.dtype.element_ty), mask=mk_mask)
+    else:
+        tl.store(DP + offs_m.to(tl.int64)[:, None] * CA + offs_k[None, :], dp.to(DP.dtype.element_ty),
+                 mask=mk_mask)
+        _store_wgrad_partials(PART, pid_m, dp, Hh, sh_n, sh_l, P, offs_k, k_mask, n, yy, xx, m_mask, CA, T, H, W,
+                              KT, KH, KW, ACC)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +199,7 @@ BWD_SPACE = [
     dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128, num_warps=4),
     dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
 ]
-_KEY = ["C", "CA", "T", "H", "W", "KT", "KH", "KW", "ACT"]
+_KEY = ["C", "CA", "T", "H", "W", "KT", "KH", "KW", "ACT", "HAS_R", "PREFIX_ROWS"]
 onepass_fwd_kernel = TunedKernel(_onepass_fwd_kernel, FWD_SPACE, _KEY + ["STORE_PRE"], _fwd_interp, DEFAULTS)
 onepass_bwd_kernel = TunedKernel(_onepass_bwd_kernel, BWD_SPACE, _KEY + ["LOAD_PRE"], _bwd_interp, DEFAULTS)
 
@@ -172,13 +209,25 @@ def _dot_ieee(dtype: torch.dtype) -> bool:
     return INTERPRET or dtype in (torch.float32, torch.float64)
 
 
+def _row_scale(row_scale: torch.Tensor | None, N: int, T: int, acc_t: torch.dtype) -> torch.Tensor | None:
+    """The per-clip output scale as a contiguous accumulation-dtype vector of N // T entries."""
+    if row_scale is None:
+        return None
+    if row_scale.shape != (N // T,):
+        raise ValueError(f"row_scale must have shape [{N // T}] (one per clip), got {tuple(row_scale.shape)}")
+    return row_scale.to(acc_t).contiguous()
+
+
 def onepass_fwd(h: torch.Tensor, x: torch.Tensor, out: torch.Tensor, wc2d: torch.Tensor, bc, w2: torch.Tensor,
                 b2, T: int, H: int, W: int, P: int, kernel_size: tuple[int, int, int], act: int,
-                pre: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
-    """Write ``x + act(conv(h) + bc) @ w2^T + b2`` into the patch rows of ``out`` ([N, L, C]).
+                pre: torch.Tensor | None = None, config: dict | None = None, prefix_through: bool = False,
+                row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Write ``x + r * (act(conv(h) + bc) @ w2^T + b2)`` into the patch rows of ``out`` ([N, L, C]).
 
-    ``h``: [N, L, CA]; ``wc2d``: [CA, taps] contiguous; ``w2``: [C, CA] contiguous. Prefix rows of
-    ``out`` are not written. ``pre`` ([N, L, CA]): if given, its patch rows get ``conv(h) + bc``.
+    ``h``: [N, L, CA]; ``wc2d``: [CA, taps] contiguous; ``w2``: [C, CA] contiguous. ``row_scale``: the
+    per-clip ``r`` ([N // T]; None: 1). ``prefix_through``: the prefix rows get ``x + r * (act(h) @ w2^T
+    + b2)`` (no conv; a second launch of the same kernel); otherwise they are not written. ``pre``
+    ([N, L, CA]): if given, its rows get ``conv(h) + bc`` (``h`` at prefix rows with ``prefix_through``).
     ``config``: force one launch config (default: autotuned on GPU)."""
     for t in (h, x, out) + ((pre,) if pre is not None else ()):
         _check_token_tensor(t)
@@ -186,36 +235,46 @@ def onepass_fwd(h: torch.Tensor, x: torch.Tensor, out: torch.Tensor, wc2d: torch
     _check_clips(N, T)
     C = x.shape[2]
     M = N * H * W
-    if M == 0:
-        return out
     kt, kh, kw = kernel_size
     pre_t = pre if pre is not None else h
+    acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+    r = _row_scale(row_scale, N, T, acc_t)
+    launches = [(False, M)] + ([(True, N * P)] if prefix_through and P > 0 else [])
     with _on_device(h):
-        onepass_fwd_kernel.launch(
-            lambda meta: (token_programs(M, H * W, meta), triton.cdiv(C, meta["BLOCK_N"])),
-            (h, h.stride(0), h.stride(1),
-             x, x.stride(0), x.stride(1),
-             out, out.stride(0), out.stride(1),
-             pre_t, pre_t.stride(0), pre_t.stride(1),
-             wc2d, bc if bc is not None else wc2d,
-             w2, b2 if b2 is not None else w2,
-             M, CA, C, T, H, W, P),
-            dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, HAS_B2=b2 is not None, ACT=act,
-                 ACC=_acc_dtype(h.dtype), DOT_IEEE=_dot_ieee(h.dtype), STORE_PRE=pre is not None),
-            dict(C=C, CA=CA), config)
+        for prefix_rows, rows in launches:
+            if rows == 0:
+                continue
+            grid_m = ((lambda meta: triton.cdiv(rows, meta["BLOCK_M"])) if prefix_rows
+                      else (lambda meta: token_programs(rows, H * W, meta)))
+            onepass_fwd_kernel.launch(
+                lambda meta: (grid_m(meta), triton.cdiv(C, meta["BLOCK_N"])),
+                (h, h.stride(0), h.stride(1),
+                 x, x.stride(0), x.stride(1),
+                 out, out.stride(0), out.stride(1),
+                 pre_t, pre_t.stride(0), pre_t.stride(1),
+                 wc2d, bc if bc is not None else wc2d,
+                 w2, b2 if b2 is not None else w2,
+                 r if r is not None else w2,
+                 rows, CA, C, T, H, W, P),
+                dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, HAS_B2=b2 is not None, HAS_R=r is not None,
+                     PREFIX_ROWS=prefix_rows, ACT=act, ACC=_acc_dtype(h.dtype), DOT_IEEE=_dot_ieee(h.dtype),
+                     STORE_PRE=pre is not None),
+                dict(C=C, CA=CA), config)
     return out
 
 
 def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2d: torch.Tensor, bc,
                 w2: torch.Tensor, T: int, H: int, W: int, P: int, kernel_size: tuple[int, int, int], act: int,
-                config: dict | None = None, flip_config: dict | None = None):
-    """The one-pass tail's backward, but for the ``dW2 = dy^T z`` and ``db2`` reductions (GEMMs).
+                config: dict | None = None, flip_config: dict | None = None, prefix_through: bool = False,
+                row_scale: torch.Tensor | None = None):
+    """The one-pass tail's backward, but for the ``dW2``, ``db2`` and ``d row_scale`` reductions (GEMMs).
 
     ``dy``: [N, L, C]; ``h``: [N, L, CA] (fc1's output); ``pre``: the saved ``conv(h) + bc`` or None
-    (recomputed). Returns ``(z, dh, dwc, dbc)``: ``z = act(pre)`` [N, L, CA] with zero prefix rows (for
-    the dW2 GEMM; ``pre`` itself when there is no activation), ``dh`` [N, L, CA] (prefix rows zero),
-    ``dwc`` [CA, taps] and ``dbc`` [CA] in the accumulation dtype. ``config`` / ``flip_config``:
-    force the fused kernel's / the transposed conv's launch config."""
+    (recomputed); ``prefix_through`` / ``row_scale`` as in :func:`onepass_fwd`. Returns ``(z, dh, dwc,
+    dbc)``: ``z = act(pre)`` [N, L, CA] (unscaled; zero prefix rows unless ``prefix_through``) for the dW2
+    GEMM (``pre`` itself when there is no activation), ``dh`` [N, L, CA] (prefix rows zero unless
+    ``prefix_through``), ``dwc`` [CA, taps] and ``dbc`` [CA] in the accumulation dtype.
+    ``config`` / ``flip_config``: force the fused kernel's / the transposed conv's launch config."""
     for t in (dy, h) + ((pre,) if pre is not None else ()):
         _check_token_tensor(t)
     N, L, CA = h.shape
@@ -225,14 +284,18 @@ def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2
     kt, kh, kw = kernel_size
     taps = kt * kh * kw
     acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+    r = _row_scale(row_scale, N, T, acc_t)
+    through = prefix_through and P > 0
     store_z = pre is None or act != 0
     if store_z:
         z = torch.empty((N, L, CA), dtype=h.dtype, device=h.device)
-        z[:, :P].zero_()
+        if not through:
+            z[:, :P].zero_()
     else:
         z = pre
     dh = torch.empty((N, L, CA), dtype=h.dtype, device=h.device)
-    dh[:, :P].zero_()
+    if not through:
+        dh[:, :P].zero_()
     if M == 0:
         zero = torch.zeros((CA, taps + 1), dtype=acc_t, device=h.device)
         return z, dh, zero[:, :taps], zero[:, taps]
@@ -242,21 +305,30 @@ def onepass_bwd(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor | None, wc2
                        dtype=acc_t, device=h.device)
     dpre = torch.empty((M, CA), dtype=h.dtype, device=h.device)
     pre_t = pre if pre is not None else h
-    with _on_device(h):
-        ran = onepass_bwd_kernel.launch(
-            lambda meta: (programs(meta), triton.cdiv(CA, meta["BLOCK_K"])),
+
+    def launch(prefix_rows, rows, grid_m):
+        return onepass_bwd_kernel.launch(
+            lambda meta: (grid_m(meta), triton.cdiv(CA, meta["BLOCK_K"])),
             (h, h.stride(0), h.stride(1),
              dy, dy.stride(0), dy.stride(1),
              pre_t, pre_t.stride(0), pre_t.stride(1),
              z, z.stride(0), z.stride(1),
              dpre,
+             dh, dh.stride(0), dh.stride(1),
              wc2d, bc if bc is not None else wc2d, w2,
+             r if r is not None else w2,
              part,
-             M, CA, C, T, H, W, P),
-            dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, ACT=act, ACC=_acc_dtype(h.dtype),
-                 DOT_IEEE=_dot_ieee(h.dtype), LOAD_PRE=pre is not None, STORE_Z=store_z),
+             rows, CA, C, T, H, W, P),
+            dict(KT=kt, KH=kh, KW=kw, HAS_CB=bc is not None, HAS_R=r is not None, PREFIX_ROWS=prefix_rows,
+                 ACT=act, ACC=_acc_dtype(h.dtype), DOT_IEEE=_dot_ieee(h.dtype), LOAD_PRE=pre is not None,
+                 STORE_Z=store_z),
             shape, config)
+
+    with _on_device(h):
+        ran = launch(False, M, programs)
         sums = part[:programs(ran)].sum(dim=0)  # the rows this launch wrote, in a fixed order
+        if through:
+            launch(True, N * P, lambda meta: triton.cdiv(N * P, meta["BLOCK_M"]))
         dwconv_tokens_fwd(dpre.view(N, H * W, CA), wc2d, None, dh, T, H, W, 0, P, kernel_size, 0, flip=True,
                           config=flip_config)
     return z, dh, sums[:taps].t(), sums[taps]

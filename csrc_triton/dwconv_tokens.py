@@ -102,6 +102,15 @@ def _token_coords(pid_m, M, T, H, W, BLOCK_M: tl.constexpr, GROUP_S: tl.constexp
 
 
 @triton.jit
+def _prefix_coords(pid_m, NP, P, BLOCK_M: tl.constexpr):
+    """The prefix (class/register) rows of row-tile ``pid_m``, for ops whose prefix rows go through the
+    adapter without the conv: ``(valid, n, l)`` with ``q = n * P + l < NP = N * P`` (frame ``n``, token
+    ``l < P``)."""
+    q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    return q < NP, q // P, q % P
+
+
+@triton.jit
 def _tile_coords(M, C, T, H, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_S: tl.constexpr):
     """This program's tokens (see ``_token_coords``) and channels: (pid_m, m, channel offsets,
     token mask, channel mask, n, s, y, x)."""
@@ -221,6 +230,33 @@ def _dwconv_tokens_bwd_kernel(
 
     _store_wgrad_partials(PART, pid_m, dp, X, sx_n, sx_l, PX, offs_c, c_mask, n, yy, xx, m_mask, C, T, H, W,
                           KT, KH, KW, ACC)
+
+
+@triton.jit
+def _prefix_act_kernel(
+    X, sx_n, sx_l,              # conv input tokens [N, L, C]
+    DZ, sdz_n, sdz_l,           # grad of the output (read iff BWD)
+    Y, sy_n, sy_l,              # out: act(X) (forward) or DZ * act'(X) (BWD), prefix rows only
+    NP, C, P,                   # NP = N * P prefix rows
+    ACT: tl.constexpr, BWD: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Prefix rows that take the activation but not the conv (mmaction2's adapter: the class token skips
+    the conv and its bias)."""
+    valid, n, l = _prefix_coords(tl.program_id(0), NP, P, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = valid[:, None] & (offs_c < C)[None, :]
+    v = tl.load(X + (n.to(tl.int64) * sx_n + l * sx_l)[:, None] + offs_c[None, :], mask=mask, other=0.0).to(ACC)
+    if BWD:
+        out = tl.load(DZ + (n.to(tl.int64) * sdz_n + l * sdz_l)[:, None] + offs_c[None, :], mask=mask,
+                      other=0.0).to(ACC)
+        if ACT != 0:
+            out = out * _act_grad(v, ACT)
+    else:
+        out = v
+        if ACT != 0:
+            out = _act_fwd(v, ACT)
+    tl.store(Y + (n.to(tl.int64) * sy_n + l * sy_l)[:, None] + offs_c[None, :], out.to(Y.dtype.element_ty),
+             mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +393,32 @@ def dwconv_tokens_fwd(h: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
              M, C, T, H, W),
             dict(KT=kt, KH=kh, KW=kw, FLIP=flip, HAS_BIAS=bias is not None, ACT=act, ACC=_acc_dtype(h.dtype)),
             dict(C=C), config)
+    return out
+
+
+#: Launch config of the prefix-row kernel (N * P rows: a few per frame, so one config, not tuned).
+PREFIX_CONFIG = dict(BLOCK_M=64, BLOCK_C=128, num_warps=4)
+
+
+def prefix_act_rows(h: torch.Tensor, out: torch.Tensor, P: int, act: int,
+                    dz: torch.Tensor | None = None) -> torch.Tensor:
+    """Write ``act(h)`` (or, given ``dz``, ``dz * act'(h)``) into the ``P`` prefix rows of ``out``.
+
+    ``h``, ``out`` (and ``dz``): [N, L, C] token tensors with unit channel stride."""
+    for t in (h, out) + ((dz,) if dz is not None else ()):
+        _check_token_tensor(t)
+    N, _, C = h.shape
+    NP = N * P
+    if NP == 0:
+        return out
+    cfg = dict(PREFIX_CONFIG, BLOCK_C=min(PREFIX_CONFIG["BLOCK_C"], triton.next_power_of_2(C)))
+    if INTERPRET:  # ~7 ms per program: few, big tiles
+        cfg = dict(cfg, BLOCK_M=max(64, triton.next_power_of_2(min(NP, 1024))), BLOCK_C=triton.next_power_of_2(C))
+    d = dz if dz is not None else h
+    with _on_device(h):
+        _prefix_act_kernel[(triton.cdiv(NP, cfg["BLOCK_M"]), triton.cdiv(C, cfg["BLOCK_C"]))](
+            h, h.stride(0), h.stride(1), d, d.stride(0), d.stride(1), out, out.stride(0), out.stride(1),
+            NP, C, P, ACT=act, BWD=dz is not None, ACC=_acc_dtype(h.dtype), **cfg)
     return out
 
 

@@ -62,24 +62,31 @@ class _STAdapterBase(nn.Module):
                 f"grid_size={self.grid_size}, backend={self.backend!r}")
 
     def _check_input(self, x: torch.Tensor, T: int) -> tuple[int, int]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            raise ValueError(f"x must be a tensor of shape [B*T, L, C], got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[2] != self.in_channels:
-            raise ValueError(f"x has {x.shape[2]} channels (x.shape[2]), expected in_channels={self.in_channels}")
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"T (frames per clip) must be a positive int, got {T!r}")
-        if x.shape[0] % T != 0:
-            raise ValueError(f"x.shape[0] = B*T = {x.shape[0]} is not divisible by T = {T}")
-        w = self.fc1.weight
-        if x.device != w.device:
-            raise ValueError(f"x is on {x.device} but the adapter's parameters are on {w.device}")
-        if not x.dtype.is_floating_point:
-            raise ValueError(f"x must be floating point, got {x.dtype}")
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"x has dtype {x.dtype} but the adapter's parameters are {w.dtype}; cast one "
-                             f"of them or run under torch.autocast")
-        return resolve_grid(x.shape[1], self.num_prefix_tokens, self.grid_size)
+        return check_tokens(x, T, self.fc1.weight, self.num_prefix_tokens, self.grid_size)
+
+
+def check_tokens(x: torch.Tensor, T: int, fc1_weight: torch.Tensor, num_prefix_tokens: int,
+                 grid_size: Optional[Sequence[int]]) -> tuple[int, int]:
+    """Validate an adapter's input ``x: [B*T, L, C]`` against its first linear layer's weight
+    ([Ca, C]); returns the patch grid ``(H, W)``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a tensor of shape [B*T, L, C], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    in_channels = fc1_weight.shape[1]
+    if x.shape[2] != in_channels:
+        raise ValueError(f"x has {x.shape[2]} channels (x.shape[2]), expected in_channels={in_channels}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T (frames per clip) must be a positive int, got {T!r}")
+    if x.shape[0] % T != 0:
+        raise ValueError(f"x.shape[0] = B*T = {x.shape[0]} is not divisible by T = {T}")
+    if x.device != fc1_weight.device:
+        raise ValueError(f"x is on {x.device} but the adapter's parameters are on {fc1_weight.device}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x must be floating point, got {x.dtype}")
+    if x.dtype != fc1_weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"x has dtype {x.dtype} but the adapter's parameters are {fc1_weight.dtype}; cast one "
+                         f"of them or run under torch.autocast")
+    return resolve_grid(x.shape[1], num_prefix_tokens, grid_size)
 
 
 class FastSTAdapter(_STAdapterBase):

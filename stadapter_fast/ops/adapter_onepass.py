@@ -27,48 +27,55 @@ def _no_pre(h: torch.Tensor) -> torch.Tensor:
     return h.new_empty((0,))
 
 
-def _torch_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute):
-    pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none")  # conv + bias, zero prefix rows
-    y = fc2_residual_forward(x, act_fwd(pre, act), w2, b2, P)
+def _torch_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, through, r):
+    pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none", through)  # conv + bias (prefix: h or 0)
+    y = fc2_residual_forward(x, act_fwd(pre, act), w2, b2, P, through, r)
     return y, (_no_pre(h) if recompute else pre)
 
 
-def _torch_bwd(dy, h, pre, conv_w, conv_b, w2, b2_dtype, T, H, W, P, act):
+def _torch_bwd(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, through, r, need_r):
     if pre is None:
-        pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none")
-    dz, dw2, db2 = fc2_residual_backward(dy, act_fwd(pre, act), w2, b2_dtype, P)
+        pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none", through)
+    b2_dtype = b2.dtype if b2 is not None else w2.dtype
+    dz, dw2, db2, dr = fc2_residual_backward(dy, act_fwd(pre, act), w2, b2_dtype, P, through=through, r=r, b2=b2,
+                                             need_r=need_r)
     if act != "none":
         acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
         dz = (dz.to(acc_t) * act_grad(pre.to(acc_t), act)).to(h.dtype)
-    dh, dcw, dcb = _IMPLS["torch"][1](dz, h, conv_w, conv_b, T, H, W, P, "none")
-    return dh, dcw, dcb, dw2, db2
+    dh, dcw, dcb = _IMPLS["torch"][1](dz, h, conv_w, conv_b, T, H, W, P, "none", through)
+    return dh, dcw, dcb, dw2, db2, dr
 
 
-def _triton_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute):
+def _triton_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, through, r):
     k = triton_kernels("adapter_onepass")
     N, L, C = x.shape
     x = _unit_channel_stride(x)
     h = _unit_channel_stride(h)
     y = torch.empty((N, L, C), dtype=x.dtype, device=x.device)
-    y[:, :P] = x[:, :P]
+    if not through:
+        y[:, :P] = x[:, :P]
     pre = None
     if not recompute:
         pre = torch.empty(h.shape, dtype=h.dtype, device=h.device)
-        pre[:, :P].zero_()
+        if not through:
+            pre[:, :P].zero_()
     k.onepass_fwd(h, x, y, conv_w.reshape(conv_w.shape[0], -1).contiguous(), conv_b, w2.contiguous(), b2,
-                  T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], pre=pre)
+                  T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], pre=pre, prefix_through=through, row_scale=r)
     return y, (_no_pre(h) if recompute else pre)
 
 
-def _triton_bwd(dy, h, pre, conv_w, conv_b, w2, b2_dtype, T, H, W, P, act):
+def _triton_bwd(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, through, r, need_r):
     k = triton_kernels("adapter_onepass")
     CA = h.shape[2]
     z, dh, dcw, dcb = k.onepass_bwd(_unit_channel_stride(dy), _unit_channel_stride(h),
                                     None if pre is None else _unit_channel_stride(pre),
                                     conv_w.reshape(CA, -1).contiguous(), conv_b, w2.contiguous(),
-                                    T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act])
-    _, dw2, db2 = fc2_residual_backward(dy, z, w2, b2_dtype, P, need_z=False)
-    return dh, dcw, dcb, dw2, db2
+                                    T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], prefix_through=through,
+                                    row_scale=r)
+    b2_dtype = b2.dtype if b2 is not None else w2.dtype
+    _, dw2, db2, dr = fc2_residual_backward(dy, z, w2, b2_dtype, P, need_z=False, through=through, r=r, b2=b2,
+                                            need_r=need_r)
+    return dh, dcw, dcb, dw2, db2, dr
 
 
 _FWD = {"torch": _torch_fwd, "triton": _triton_fwd}
@@ -78,55 +85,62 @@ _BWD = {"torch": _torch_bwd, "triton": _triton_bwd}
 @torch.library.custom_op("stadapter_fast::st_adapter_onepass", mutates_args=())
 def _onepass_op(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
                 w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
-                recompute: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                recompute: bool, backend: str, through: bool = False, r: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(y, pre)``; ``pre`` is empty when ``recompute`` (it exists only for backward)."""
-    return _FWD[backend](x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute)
+    return _FWD[backend](x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, through, r)
 
 
 @_onepass_op.register_fake
-def _(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend):
+def _(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend, through=False, r=None):
     return x.new_empty(x.shape), (h.new_empty((0,)) if recompute else h.new_empty(h.shape))
 
 
 @torch.library.custom_op("stadapter_fast::st_adapter_onepass_backward", mutates_args=())
 def _onepass_bwd_op(dy: torch.Tensor, h: torch.Tensor, pre: torch.Tensor, conv_w: torch.Tensor,
                     conv_b: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int,
-                    W: int, P: int, act: str, backend: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dh, d conv weight, d conv bias, dW2, db2); biases' grads come in their dtypes (the weights'
-    when a bias is None). ``pre`` 1-D (empty): recomputed from ``h``."""
+                    W: int, P: int, act: str, backend: str, through: bool = False,
+                    r: Optional[torch.Tensor] = None, need_r: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, d conv weight, d conv bias, dW2, db2, dr); biases' grads come in their dtypes (the weights'
+    when a bias is None); dr is empty unless ``need_r``. ``pre`` 1-D (empty): recomputed from ``h``."""
+    need_r = need_r and r is not None
+    dh, dcw, dcb, dw2, db2, dr = _BWD[backend](dy, h, pre if pre.dim() == 3 else None, conv_w, conv_b,
+                                               w2, b2, T, H, W, P, act, through, r, need_r)
     b2_dtype = b2.dtype if b2 is not None else w2.dtype
-    dh, dcw, dcb, dw2, db2 = _BWD[backend](dy, h, pre if pre.dim() == 3 else None, conv_w, conv_b,
-                                           w2, b2_dtype, T, H, W, P, act)
     cb_dtype = conv_b.dtype if conv_b is not None else conv_w.dtype
     cf = torch.contiguous_format
     # the small grads may be views of one partial-sum buffer: fresh contiguous copies (no aliasing)
     return (dh, dcw.reshape(conv_w.shape).to(conv_w.dtype, memory_format=cf, copy=True),
             dcb.to(cb_dtype, memory_format=cf, copy=True), dw2.to(w2.dtype, memory_format=cf, copy=True),
-            db2.to(b2_dtype, memory_format=cf, copy=True))
+            db2.to(b2_dtype, memory_format=cf, copy=True), dr if need_r else w2.new_empty((0,)))
 
 
 @_onepass_bwd_op.register_fake
-def _(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, backend):
+def _(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, backend, through=False, r=None, need_r=False):
     cb_dtype = conv_b.dtype if conv_b is not None else conv_w.dtype
     b2_dtype = b2.dtype if b2 is not None else w2.dtype
+    need_r = need_r and r is not None
     return (h.new_empty(h.shape), conv_w.new_empty(conv_w.shape),
             conv_w.new_empty((conv_w.shape[0],), dtype=cb_dtype), w2.new_empty(w2.shape),
-            w2.new_empty((w2.shape[0],), dtype=b2_dtype))
+            w2.new_empty((w2.shape[0],), dtype=b2_dtype), r.new_empty(r.shape) if need_r else w2.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
-    x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend = inputs
-    ctx.save_for_backward(h, output[1], conv_w, conv_b, w2, b2)
+    x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend, through, r = inputs
+    ctx.save_for_backward(h, output[1], conv_w, conv_b, w2, b2, r)
     ctx.mark_non_differentiable(output[1])
-    ctx.args = (T, H, W, P, act, backend)
+    ctx.args = (T, H, W, P, act, backend, through)
 
 
 def _backward(ctx, dy, _dpre):
-    h, pre, conv_w, conv_b, w2, b2 = ctx.saved_tensors
-    dh, dcw, dcb, dw2, db2 = _onepass_bwd_op(dy, h, pre, conv_w, conv_b, w2, b2, *ctx.args)
-    return (dy, dh, dcw, (dcb if conv_b is not None else None), dw2, (db2 if b2 is not None else None),
-            None, None, None, None, None, None, None)
+    h, pre, conv_w, conv_b, w2, b2, r = ctx.saved_tensors
+    # trailing arguments left at their defaults are not counted as inputs
+    need_r = r is not None and len(ctx.needs_input_grad) > 14 and ctx.needs_input_grad[14]
+    dh, dcw, dcb, dw2, db2, dr = _onepass_bwd_op(dy, h, pre, conv_w, conv_b, w2, b2, *ctx.args, r, need_r)
+    grads = (dy, dh, dcw, (dcb if conv_b is not None else None), dw2, (db2 if b2 is not None else None),
+             None, None, None, None, None, None, None, None, (dr if need_r else None))
+    return grads[:len(ctx.needs_input_grad)]
 
 
 _onepass_op.register_autograd(_backward, setup_context=_setup_context)
@@ -134,6 +148,10 @@ _onepass_op.register_autograd(_backward, setup_context=_setup_context)
 
 def adapter_onepass(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
                     w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
-                    backend: str, recompute: bool = True) -> torch.Tensor:
-    """Arguments already validated by the module (``backend`` resolved to "triton" or "torch")."""
-    return _onepass_op(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend)[0]
+                    backend: str, recompute: bool = True, prefix_through: bool = False,
+                    row_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Arguments already validated by the module (``backend`` resolved to "triton" or "torch").
+    ``prefix_through``: prefix rows take act + fc2 + residual (no conv); ``row_scale`` ([B]): per-clip
+    scale of the adapter's update (see :func:`fc2_residual`)."""
+    return _onepass_op(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend, prefix_through,
+                       row_scale)[0]

@@ -109,16 +109,33 @@ def _torch_pre(h5: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return z.permute(0, 2, 3, 4, 1)
 
 
-def _torch_fwd(h, weight, bias, T, H, W, P, act):
+def _prefix_rows_fwd(h: torch.Tensor, out: torch.Tensor, P: int, act: str, through: bool) -> None:
+    """``out``'s prefix rows: ``act(h)`` (``through``: the conv is skipped, the activation is not) or 0."""
+    if through:
+        out[:, :P] = act_fwd(h[:, :P].to(_acc_dtype(h.dtype)), act)
+    else:
+        out[:, :P].zero_()
+
+
+def _prefix_rows_bwd(dz: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, P: int, act: str, through: bool) -> None:
+    """``dh``'s prefix rows: ``dz * act'(h)`` (``through``) or 0."""
+    if through:
+        d = dz[:, :P].to(_acc_dtype(h.dtype))
+        dh[:, :P] = d if act == "none" else d * act_grad(h[:, :P].to(d.dtype), act)
+    else:
+        dh[:, :P].zero_()
+
+
+def _torch_fwd(h, weight, bias, T, H, W, P, act, through=False):
     N, L, C = h.shape
     h5 = _grid_view(h, P, T, H, W).to(_acc_dtype(h.dtype))
     out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
-    out[:, :P].zero_()
+    _prefix_rows_fwd(h, out, P, act, through)
     _grid_view(out, P, T, H, W).copy_(act_fwd(_torch_pre(h5, weight, bias), act))
     return out
 
 
-def _torch_bwd(dz, h, weight, bias, T, H, W, P, act):
+def _torch_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
     N, L, C = h.shape
     acc_t = _acc_dtype(h.dtype)
     kernel_size = tuple(weight.shape[2:])
@@ -127,7 +144,7 @@ def _torch_bwd(dz, h, weight, bias, T, H, W, P, act):
     if act != "none":
         dp5 = dp5 * act_grad(_torch_pre(h5, weight, bias), act)
     dh = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
-    dh[:, :P].zero_()
+    _prefix_rows_bwd(dz, h, dh, P, act, through)
     w = weight.to(acc_t)
     if kernel_size[1] * kernel_size[2] > 1:
         # spatial kernels: ATen's convolution backward on the channels-last views (fewer passes than
@@ -160,23 +177,29 @@ def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _triton_fwd(h, weight, bias, T, H, W, P, act):
+def _triton_fwd(h, weight, bias, T, H, W, P, act, through=False):
     k = triton_kernels("dwconv_tokens")
     N, L, C = h.shape
     h = _unit_channel_stride(h)
     out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
-    out[:, :P].zero_()
+    if through:
+        k.prefix_act_rows(h, out, P, ACTIVATIONS[act])
+    else:
+        out[:, :P].zero_()
     k.dwconv_tokens_fwd(h, weight.reshape(C, -1).contiguous(), bias, out, T, H, W, P, P,
                         tuple(weight.shape[2:]), ACTIVATIONS[act])
     return out
 
 
-def _triton_bwd(dz, h, weight, bias, T, H, W, P, act):
+def _triton_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
     k = triton_kernels("dwconv_tokens")
     C = h.shape[2]
-    return k.dwconv_tokens_bwd(_unit_channel_stride(dz), _unit_channel_stride(h),
-                               weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
-                               tuple(weight.shape[2:]), ACTIVATIONS[act])
+    dz, h = _unit_channel_stride(dz), _unit_channel_stride(h)
+    dh, dw, db = k.dwconv_tokens_bwd(dz, h, weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
+                                     tuple(weight.shape[2:]), ACTIVATIONS[act])
+    if through:
+        k.prefix_act_rows(h, dh, P, ACTIVATIONS[act], dz=dz)
+    return dh, dw, db
 
 
 _IMPLS = {"torch": (_torch_fwd, _torch_bwd), "triton": (_triton_fwd, _triton_bwd)}
@@ -188,20 +211,20 @@ _IMPLS = {"torch": (_torch_fwd, _torch_bwd), "triton": (_triton_fwd, _triton_bwd
 
 @torch.library.custom_op("stadapter_fast::st_adapter_conv", mutates_args=())
 def _conv_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int, H: int,
-             W: int, P: int, act: str, backend: str) -> torch.Tensor:
-    return _IMPLS[backend][0](h, weight, bias, T, H, W, P, act)
+             W: int, P: int, act: str, backend: str, through: bool = False) -> torch.Tensor:
+    return _IMPLS[backend][0](h, weight, bias, T, H, W, P, act, through)
 
 
 @_conv_op.register_fake
-def _(h, weight, bias, T, H, W, P, act, backend):
+def _(h, weight, bias, T, H, W, P, act, backend, through=False):
     return h.new_empty(h.shape)
 
 
 @torch.library.custom_op("stadapter_fast::st_adapter_conv_backward", mutates_args=())
 def _conv_bwd_op(dz: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dh, dw, db = _IMPLS[backend][1](dz, h, weight, bias, T, H, W, P, act)
+                 backend: str, through: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dh, dw, db = _IMPLS[backend][1](dz, h, weight, bias, T, H, W, P, act, through)
     b_dtype = bias.dtype if bias is not None else weight.dtype
     # dw and db may be (transposed) views of one partial-sum buffer: copy them (tiny) into fresh
     # contiguous tensors, so outputs never alias and match the fake kernel's strides.
@@ -211,21 +234,22 @@ def _conv_bwd_op(dz: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
 
 
 @_conv_bwd_op.register_fake
-def _(dz, h, weight, bias, T, H, W, P, act, backend):
+def _(dz, h, weight, bias, T, H, W, P, act, backend, through=False):
     b_dtype = bias.dtype if bias is not None else weight.dtype
     return h.new_empty(h.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],), dtype=b_dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    h, weight, bias, T, H, W, P, act, backend = inputs
+    h, weight, bias, T, H, W, P, act, backend, through = inputs
     ctx.save_for_backward(h, weight, bias)
-    ctx.args = (T, H, W, P, act, backend)
+    ctx.args = (T, H, W, P, act, backend, through)
 
 
 def _backward(ctx, dz):
     h, weight, bias = ctx.saved_tensors
     dh, dw, db = _conv_bwd_op(dz, h, weight, bias, *ctx.args)
-    return dh, dw, (db if bias is not None else None), None, None, None, None, None, None
+    grads = (dh, dw, (db if bias is not None else None), None, None, None, None, None, None, None)
+    return grads[:len(ctx.needs_input_grad)]  # trailing arguments left at their defaults are not inputs
 
 
 _conv_op.register_autograd(_backward, setup_context=_setup_context)
@@ -310,9 +334,22 @@ def _check_conv_args(h, weight, bias, T):
             raise ValueError(f"bias is on {bias.device} but h is on {h.device}")
 
 
+#: How an adapter treats the prefix (class/register) tokens: "skip" (the official release: they pass
+#: through the adapter unchanged) or "no_conv" (mmaction2's adapter: they take fc1, the activation, fc2
+#: and the residual, and skip only the conv and its bias).
+PREFIX_MODES = ("skip", "no_conv")
+
+
+def check_prefix_mode(prefix_mode: str) -> bool:
+    """Validate ``prefix_mode``; returns whether prefix rows go through the adapter ("no_conv")."""
+    if prefix_mode not in PREFIX_MODES:
+        raise ValueError(f"prefix_mode must be one of {PREFIX_MODES}, got {prefix_mode!r}")
+    return prefix_mode == "no_conv"
+
+
 def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int,
                     grid_size: Optional[Sequence[int]] = None, num_prefix_tokens: int = 1,
-                    act: Optional[str] = None, backend: str = "auto") -> torch.Tensor:
+                    act: Optional[str] = None, backend: str = "auto", prefix_mode: str = "skip") -> torch.Tensor:
     """Depthwise 3D conv + bias + activation over the patch tokens of ``h``, in the token layout.
 
     Args:
@@ -326,21 +363,25 @@ def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         num_prefix_tokens: leading tokens (class/register) that the conv skips.
         act: None/"none" (the official release), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
         backend: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch".
+        prefix_mode: "skip" (prefix rows of the output are zero) or "no_conv" (they are ``act(h)``:
+            no conv, no bias; mmaction2's adapter), see :data:`PREFIX_MODES`.
 
     Returns:
         ``[B*T, L, Ca]`` in ``h``'s dtype, contiguous; ``act(conv(h) + bias)`` at the patch rows
-        (zero padding ``k // 2`` per axis, as the official ``nn.Conv3d``), zeros at the prefix rows.
+        (zero padding ``k // 2`` per axis, as the official ``nn.Conv3d``), zeros (or ``act(h)``) at
+        the prefix rows.
     """
     _check_conv_args(h, weight, bias, T)
     H, W = resolve_grid(h.shape[1], num_prefix_tokens, grid_size)
     act = normalize_act(act)
+    through = check_prefix_mode(prefix_mode)
     impl = resolve_backend(backend, h.device)
-    return _conv_op(h, weight, bias, T, H, W, num_prefix_tokens, act, impl)
+    return _conv_op(h, weight, bias, T, H, W, num_prefix_tokens, act, impl, through)
 
 
 def st_adapter_conv_ref(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int,
                         grid_size: Optional[Sequence[int]] = None, num_prefix_tokens: int = 1,
-                        act: Optional[str] = None) -> torch.Tensor:
+                        act: Optional[str] = None, prefix_mode: str = "skip") -> torch.Tensor:
     """Plain-PyTorch oracle of :func:`st_adapter_conv` (the official permute + ``F.conv3d`` route)."""
     N, L, C = h.shape
     P = num_prefix_tokens
@@ -350,4 +391,5 @@ def st_adapter_conv_ref(h: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     z = act_fwd(F.conv3d(x, weight.to(h.dtype), None if bias is None else bias.to(h.dtype), padding=pad,
                          groups=C), normalize_act(act))
     z = z.permute(0, 2, 3, 4, 1).reshape(N, H * W, C)
-    return torch.cat([z.new_zeros(N, P, C), z], dim=1)
+    prefix = act_fwd(h[:, :P], normalize_act(act)) if check_prefix_mode(prefix_mode) else z.new_zeros(N, P, C)
+    return torch.cat([prefix, z], dim=1)

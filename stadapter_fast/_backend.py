@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 
 import torch
 
@@ -18,6 +19,17 @@ _TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 def triton_available() -> bool:
     """True if the ``triton`` package is installed here (checked once, when this module is imported)."""
     return _TRITON_AVAILABLE
+
+
+def triton_missing_message() -> str:
+    """Why ``backend="triton"`` cannot run here and what does: the package is a Linux-only dependency
+    (pyproject: ``platform_system == 'Linux'``), so elsewhere it is absent by design, not by mistake."""
+    if sys.platform.startswith("linux"):
+        why = "which is not installed (`pip install triton`)"
+    else:
+        why = f"which is not installed: it ships wheels for Linux only, this platform is {sys.platform!r}"
+    return (f"backend='triton' needs the `triton` package, {why}; backend='torch' (the PyTorch path) "
+            f"and backend='auto' (which picks it when Triton is unavailable) work without it")
 
 
 def triton_kernels(name: str):
@@ -49,8 +61,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if not triton_available():
-        raise ValueError("backend='triton' needs the `triton` package, which is not installed; "
-                         "use backend='torch' or 'auto'")
+        raise ValueError(triton_missing_message())
     if device.type == "cuda":
         return "triton"
     if device.type == "cpu":

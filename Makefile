@@ -66,4 +66,4 @@ bench: venv
 	$(PY) -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info build dist

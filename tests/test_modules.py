@@ -227,3 +227,9 @@ def test_onepass_opcheck(recompute):
         params = [p.detach() for p in (fast.conv.weight, fast.conv.bias, fast.fc2.weight, fast.fc2.bias)]
         bargs = (torch.randn_like(x), h, pre, *params, 2, 3, 3, 1, "gelu", backend)
         torch.library.opcheck(ops.st_adapter_onepass_backward.default, bargs)
+        # mmaction2's variant: prefix rows through act + fc2, a per-clip output scale with its gradient
+        r = torch.tensor([0.5, -2.0], device=DEVICE)
+        args = args + (True, r.requires_grad_())
+        torch.library.opcheck(ops.st_adapter_onepass.default, args)
+        pre = ops.st_adapter_onepass.default(*args)[1]
+        torch.library.opcheck(ops.st_adapter_onepass_backward.default, bargs[:2] + (pre,) + bargs[3:] + (True, r.detach(), True))

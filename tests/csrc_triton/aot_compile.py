@@ -18,11 +18,11 @@ import csrc_triton.adapter_onepass as k1
 import csrc_triton.dwconv_tokens as k
 from csrc_triton.activations import ACTIVATIONS
 
-PTR_IO = {"X", "Y", "DZ", "DP", "Hh", "DY", "PRE", "Z"}  # activation-dtype pointers
+PTR_IO = {"X", "Y", "DZ", "DP", "Hh", "DY", "PRE", "Z", "DH"}  # activation-dtype pointers
 PTR_PARAM = {"Wt", "Bias", "Wc", "Bc", "W2", "B2"}  # parameter pointers (fp32 here; any float works)
-PTR_ACC = {"PART"}                      # accumulation-dtype pointers
+PTR_ACC = {"PART", "R"}                 # accumulation-dtype pointers
 DIVISIBLE = {"sx_n", "sx_l", "sy_n", "sy_l", "sdz_n", "sdz_l", "sh_n", "sh_l", "sdy_n", "sdy_l", "spre_n", "spre_l",
-             "sz_n", "sz_l", "C", "CA"}  # JIT sees these as multiples of 16
+             "sz_n", "sz_l", "sdh_n", "sdh_l", "C", "CA"}  # JIT sees these as multiples of 16
 TY = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
 KERNELS = [(3, 1, 1), (3, 3, 3), (1, 3, 3), (5, 1, 1)]
 #: max shared memory per block (opt-in) by arch: a config over it would fail at launch on that GPU
@@ -81,7 +81,8 @@ def variants():
     for io, act_name in itertools.product(("fp16", "bf16", "fp32", "fp64"), ("none", "gelu", "quick_gelu")):
         for kss in ((3, 1, 1), (3, 3, 3)):
             act = ACTIVATIONS[act_name]
-            base = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, ACT=act, DOT_IEEE=io in ("fp32", "fp64"))
+            base = dict(KT=kss[0], KH=kss[1], KW=kss[2], HAS_CB=True, ACT=act, DOT_IEEE=io in ("fp32", "fp64"),
+                        HAS_R=False, PREFIX_ROWS=False)
             tag = f"{io}-{act_name}-k{''.join(map(str, kss))}"
             yield (f"onepass-{tag}", k1._onepass_fwd_kernel, io,
                    dict(base, HAS_B2=True, STORE_PRE=kss == (3, 3, 3), **_blk(fwd0)), fwd0["num_warps"])
@@ -91,6 +92,18 @@ def variants():
                 yield (f"onepass-bwd-{tag}-load_pre{int(load_pre)}", k1._onepass_bwd_kernel, io,
                        dict(base, LOAD_PRE=load_pre, STORE_Z=not (load_pre and act == 0), **_blk(bwd0)),
                        bwd0["num_warps"])
+    # mmaction2's variant: a per-clip output scale, and the prefix rows' launch (act + fc2, no conv)
+    for io, prefix_rows in itertools.product(("fp16", "bf16", "fp32"), (False, True)):
+        base = dict(KT=3, KH=3, KW=3, HAS_CB=True, ACT=ACTIVATIONS["relu"], DOT_IEEE=io == "fp32", HAS_R=True,
+                    PREFIX_ROWS=prefix_rows)
+        tag = f"{io}-prefix_rows{int(prefix_rows)}"
+        yield f"onepass-mm2-{tag}", k1._onepass_fwd_kernel, io, dict(base, HAS_B2=True, STORE_PRE=False, **_blk(fwd0)), fwd0["num_warps"]
+        yield (f"onepass-bwd-mm2-{tag}", k1._onepass_bwd_kernel, io,
+               dict(base, LOAD_PRE=False, STORE_Z=True, **_blk(bwd0)), bwd0["num_warps"])
+    pc = k.PREFIX_CONFIG
+    for io, bwd in itertools.product(("fp16", "bf16", "fp32", "fp64"), (False, True)):
+        yield (f"prefix-act-{io}-bwd{int(bwd)}", k._prefix_act_kernel, io,
+               dict(ACT=ACTIVATIONS["gelu"], BWD=bwd, **_blk(pc)), pc["num_warps"])
     # every autotuning config, at the release's variant
     rel = dict(KT=3, KH=1, KW=1, ACT=0)
     for i, d in enumerate(conv_space):
@@ -98,10 +111,12 @@ def variants():
         yield f"space-conv-bwd-{i}", k._dwconv_tokens_bwd_kernel, "bf16", dict(rel, HAS_BIAS=True, STORE_DPRE=False, **_blk(d)), d["num_warps"]
     for i, d in enumerate(fwd_space):
         yield (f"space-onepass-fwd-{i}", k1._onepass_fwd_kernel, "bf16",
-               dict(rel, HAS_CB=True, HAS_B2=True, DOT_IEEE=False, STORE_PRE=False, **_blk(d)), d["num_warps"])
+               dict(rel, HAS_CB=True, HAS_B2=True, HAS_R=False, PREFIX_ROWS=False, DOT_IEEE=False, STORE_PRE=False,
+                    **_blk(d)), d["num_warps"])
     for i, d in enumerate(bwd_space):
         yield (f"space-onepass-bwd-{i}", k1._onepass_bwd_kernel, "bf16",
-               dict(rel, HAS_CB=True, DOT_IEEE=False, LOAD_PRE=False, STORE_Z=True, **_blk(d)), d["num_warps"])
+               dict(rel, HAS_CB=True, HAS_R=False, PREFIX_ROWS=False, DOT_IEEE=False, LOAD_PRE=False, STORE_Z=True,
+                    **_blk(d)), d["num_warps"])
 
 
 def main(archs):

@@ -160,3 +160,33 @@ def test_opcheck_custom_ops(backend, act):
     torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_conv.default, args)
     bwd_args = (dz, h.detach(), w.detach(), b.detach(), 2, 2, 3, 1, act, backend)
     torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_conv_backward.default, bwd_args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("ks", [(3, 1, 1), (3, 3, 3)], ids=lambda k: "k%d%d%d" % k)
+@pytest.mark.parametrize("backend", backends())
+def test_prefix_mode_no_conv(backend, ks, act, dtype):
+    """prefix_mode="no_conv" (mmaction2's adapter): prefix rows are act(h) -- no conv, no bias -- and
+    their gradient dz * act'(h); patch rows as before."""
+    B, T, H, W, P, C = 2, 3, 3, 4, 2, 20
+    h, w, b, dz = make_case(B, T, H, W, P, C, ks, dtype, seed=9)
+    out = st_adapter_conv(h, w, b, T, (H, W), P, act, backend, prefix_mode="no_conv")
+    grads = torch.autograd.grad(out, [h, w, b], dz)
+    ref_in = [t.detach().double().requires_grad_() for t in (h, w, b)]
+    ref = st_adapter_conv_ref(*ref_in, T, (H, W), P, act, prefix_mode="no_conv")
+    ref_grads = torch.autograd.grad(ref, ref_in, dz.double())
+    assert ref[:, :P].abs().max() > 0.1, "the oracle's prefix rows are nonzero (the test can fail)"
+    assert_close(out, ref, dtype, "out")
+    for name, g_, rg in zip(["dh", "dweight", "dbias"], grads, ref_grads):
+        assert_close(g_, rg, dtype, name)
+    with pytest.raises(ValueError, match="prefix_mode"):
+        st_adapter_conv(h, w, b, T, (H, W), P, act, backend, prefix_mode="through")
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_opcheck_prefix_no_conv(backend):
+    h, w, b, dz = make_case(2, 2, 2, 3, 2, 6, (3, 3, 1), torch.float32, seed=10)
+    torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_conv.default, (h, w, b, 2, 2, 3, 2, "relu", backend, True))
+    torch.library.opcheck(torch.ops.stadapter_fast.st_adapter_conv_backward.default,
+                          (dz, h.detach(), w.detach(), b.detach(), 2, 2, 3, 2, "relu", backend, True))

@@ -95,3 +95,33 @@ def test_compiled_gradients_match_eager(dynamic):
     for name, a, b in zip(("dx", "dz", "dW2", "db2"), g_c, g_e):
         assert b.abs().max() > 100 * RTOL[torch.float32], f"{name}: eager gradient is ~0; the test cannot fail"
         assert_close(a, b, torch.float32, f"compiled {name}", factor=10)
+
+
+@pytest.mark.parametrize("through", [False, True])
+def test_row_scale_and_prefix_through_opcheck_and_grads(through):
+    """The per-clip output scale (mmaction2's scale x drop-path mask) and prefix rows through the update:
+    forward and every gradient (the scale's included) against a direct fp64 formula; opcheck of both ops."""
+    inputs, dy = make_inputs()
+    x, z, w2, b2 = (t.detach().double() for t in inputs)
+    if through:  # prefix rows of z are act(h), not zero
+        z[:, :P] = torch.randn(z[:, :P].shape, generator=torch.Generator().manual_seed(5), dtype=z.dtype)
+    B = 2
+    r = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    ins = [t.clone().requires_grad_() for t in (x, z, w2, b2, r)]
+    y = fc2_residual(*ins[:4], P, through, ins[4])
+    u = (ins[1] @ ins[2].t() + ins[3]) * ins[4].repeat_interleave(x.shape[0] // B)[:, None, None]
+    if not through:
+        u = torch.cat([torch.zeros_like(u[:, :P]), u[:, P:]], dim=1)
+    y_ref = ins[0] + u
+    assert_close(y, y_ref, torch.float64, "y")
+    g = torch.autograd.grad(y, ins, dy.double())
+    g_ref = torch.autograd.grad(y_ref, ins, dy.double())
+    for name, a, b in zip(("dx", "dz", "dW2", "db2", "dr"), g, g_ref):
+        assert_close(a, b, torch.float64, name)
+    ops = torch.ops.stadapter_fast
+    f32 = [t.float() for t in (x, z, w2, b2, r)]
+    torch.library.opcheck(ops.fc2_residual.default, (f32[0].requires_grad_(), f32[1].requires_grad_(), f32[2], f32[3],
+                                                     P, through, f32[4].requires_grad_()))
+    f32 = [t.detach() for t in f32]
+    torch.library.opcheck(ops.fc2_residual_backward.default,
+                          (dy, f32[1], f32[2], f32[3], P, True, True, True, through, f32[4], True))

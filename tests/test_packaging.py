@@ -3,9 +3,11 @@ or data; the wheel installs into a fresh venv with only its own dependencies and
 triton, stadapter_fast imports and runs the PyTorch path, and backend="triton" is a clear error.
 
 The fresh-venv test installs the running torch (the Makefile's pinned CPU build) and triton from the
-same package sources as `make venv` (the machine's pip configuration is inherited), so on CI nothing
-new is downloaded. Measured on the 2-core CPU machine: ~2 s to build both archives, ~5 s for the venv,
-~25 s for the install (--no-compile: byte-compiling torch's sources would add ~20 s), ~10 s of checks.
+same package sources as `make venv` (the machine's pip configuration is inherited), so on CI pip finds
+in its cache what `make venv` fetched in the same run. Measured on the 2-core CPU machine, others'
+work loading it (load average 2-3): ~2 s to build both archives, ~6 s for the venv, 16-29 s for the
+install (--no-compile: byte-compiling all of torch made it 56 s, 33 s of CPU against 13 s), ~20 s of
+checks (four interpreters importing torch); 54 s for the whole test.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def _copy_ignore(folder, names):
     if Path(folder).resolve() == ROOT:
         ignored |= {"build", "dist", ".whl", "data", "runs"} & set(names)
     return ignored
+
+
 # Packages of the extras (test, models, hf, data, bench): none may be needed to import or run the core.
 EXTRA_MODULES = ("pytest", "hypothesis", "timm", "open_clip", "transformers", "av", "matplotlib",
                  "pytest_benchmark", "xdist")

@@ -1,4 +1,5 @@
-"""ST-Adapters in timm and open_clip ViTs: ``STAdapterConfig``, ``add_st_adapters``, ``VideoClassifier``.
+"""ST-Adapters in timm, open_clip and Hugging Face transformers ViTs: ``STAdapterConfig``,
+``add_st_adapters``, ``VideoClassifier``.
 
 Insertion follows the paper and the release: an adapter before attention and/or before the MLP of each
 chosen block, receiving the block input as ``[B*T, L, C]``. Each chosen block is wrapped by
@@ -20,6 +21,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from . import hf
 from ._backend import check_path_options
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import check_kernel_size, normalize_act
@@ -111,7 +113,7 @@ class FrameContext:
 
 
 class _Arch:
-    """What differs between timm and open_clip ViTs, read off the model."""
+    """What differs between timm, open_clip and transformers ViTs, read off the model."""
 
     def __init__(self, model: nn.Module):
         if hasattr(model, "visual") and hasattr(model.visual, "transformer"):
@@ -135,9 +137,16 @@ class _Arch:
             self.has_cls = True
             self.final_norm = model.ln_post
             self.name = "open_clip." + type(model).__name__
+        elif hf.is_hf_model(model):
+            self.kind = "hf"
+            self.hf = hf.HFTower(model)
+            self.model = self.hf.core
+            for a in ("container", "width", "num_prefix_tokens", "grid", "has_cls", "final_norm", "name"):
+                setattr(self, a, getattr(self.hf, a))
         else:
-            raise ValueError(f"unsupported backbone {type(model).__name__}: expected a timm VisionTransformer or an "
-                             f"open_clip CLIP model / its .visual VisionTransformer")
+            raise ValueError(f"unsupported backbone {type(model).__name__}: expected a timm VisionTransformer, an "
+                             f"open_clip CLIP model / its .visual VisionTransformer, or a transformers "
+                             f"{'/'.join(f.model_class for f in hf.FAMILIES.values())}")
         self.depth = len(self.container)
 
     def signature(self) -> dict:
@@ -150,24 +159,36 @@ class _Arch:
         if self.kind == "timm":
             x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
             return m.blocks(x)
+        if self.kind == "hf":
+            return self.hf.frame_tokens(frames)
         return m.transformer(m._embeds(frames))
 
 
 class STAdapterBlock(nn.Module):
-    """A ViT block with ST-Adapters before its attention and/or its MLP."""
+    """A ViT block with ST-Adapters before its attention and/or its MLP.
+
+    ``kind`` is "timm", "open_clip" or "hf"; for "hf", ``family`` names the layer's sublayers
+    (:class:`stadapter_fast.hf.Family`)."""
 
     def __init__(self, block: nn.Module, kind: str, frames: FrameContext,
-                 pre_attn: Optional[nn.Module], pre_mlp: Optional[nn.Module]):
+                 pre_attn: Optional[nn.Module], pre_mlp: Optional[nn.Module], family: Optional[hf.Family] = None):
         super().__init__()
         self.block, self.kind, self.frames = block, kind, frames
         self.pre_attn, self.pre_mlp = pre_attn, pre_mlp
-        needed = (("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2") if kind == "timm"
-                  else ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2"))
+        self.family = family
+        if kind == "hf" and family is None:
+            raise ValueError("kind='hf' needs family (a stadapter_fast.hf.Family), got None")
+        needed = {"timm": ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"),
+                  "open_clip": ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2"),
+                  "hf": hf.layer_attributes(family) if family is not None else ()}.get(kind)
+        if needed is None:
+            raise ValueError(f"kind must be 'timm', 'open_clip' or 'hf', got {kind!r}")
         missing = [a for a in needed if not hasattr(block, a)]
         if missing:
             raise ValueError(f"cannot insert adapters into {type(block).__name__}: missing {missing} "
-                             f"(supported: timm Block, open_clip ResidualAttentionBlock)")
-        self.batch_first = kind == "timm" or getattr(getattr(block, "attn", None), "batch_first", True)
+                             f"(supported: timm Block, open_clip ResidualAttentionBlock, the encoder layers of "
+                             f"transformers' {'/'.join(f.model_class for f in hf.FAMILIES.values())})")
+        self.batch_first = kind in ("timm", "hf") or getattr(getattr(block, "attn", None), "batch_first", True)
         #: activation checkpointing (see :func:`set_backbone_checkpointing`)
         self.checkpoint = False
 
@@ -192,6 +213,10 @@ class STAdapterBlock(nn.Module):
             x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), *args, **kwargs)))
             x = self._adapt(self.pre_mlp, x)
             return x + b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
+        if self.kind == "hf":
+            x = hf.run_layer_branch(b, self.family, "attn", x, *args, **kwargs)
+            x = self._adapt(self.pre_mlp, x)
+            return hf.run_layer_branch(b, self.family, "mlp", x)
         attn_mask = kwargs.get("attn_mask", args[2] if len(args) > 2 else None)
         x = x + b.ls_1(b.attention(q_x=b.ln_1(x), attn_mask=attn_mask))
         x = self._adapt(self.pre_mlp, x)
@@ -212,7 +237,9 @@ def _chosen_layers(layers, depth: int) -> list[int]:
 
 
 def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, num_frames: int = 8) -> nn.Module:
-    """Insert ST-Adapters into a timm VisionTransformer or an open_clip CLIP model (or its ``.visual``).
+    """Insert ST-Adapters into a timm VisionTransformer, an open_clip CLIP model (or its ``.visual``) or a
+    transformers CLIPVisionModel[WithProjection] / SiglipVisionModel / Dinov2Model /
+    Dinov2WithRegistersModel / ViTModel.
 
     Modifies ``backbone`` in place and returns it. Prefix tokens (class, register tokens) and the
     patch grid (non-square too) are read from the model. With ``cfg.freeze_backbone`` every
@@ -242,7 +269,8 @@ def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, 
     for i in _chosen_layers(cfg.layers, arch.depth):
         arch.container[i] = STAdapterBlock(arch.container[i], arch.kind, frames,
                                            make() if "pre_attn" in cfg.positions else None,
-                                           make() if "pre_mlp" in cfg.positions else None)
+                                           make() if "pre_mlp" in cfg.positions else None,
+                                           family=arch.hf.family if arch.kind == "hf" else None)
     backbone.st_adapter_config = cfg
     backbone.st_adapter_frames = frames
     return backbone
@@ -344,18 +372,28 @@ class VideoClassifier(nn.Module):
 
 
 def create_backbone(name: str, pretrained: Union[bool, str] = False, **kwargs) -> nn.Module:
-    """A backbone by name: ``"timm:<model>"`` (e.g. ``timm:vit_base_patch16_224``) or
-    ``"open_clip:<model>"`` (e.g. ``open_clip:ViT-B-16``; returns the image tower ``.visual``).
+    """A backbone by name: ``"timm:<model>"`` (e.g. ``timm:vit_base_patch16_224``),
+    ``"open_clip:<model>"`` (e.g. ``open_clip:ViT-B-16``; returns the image tower ``.visual``) or
+    ``"hf:<model id or built-in config>"`` (a transformers vision tower, e.g.
+    ``hf:facebook/dinov2-base`` or ``hf:tiny-vit``).
 
-    ``pretrained`` passes through (timm: bool; open_clip: a tag such as ``"openai"`` or True for
+    ``pretrained`` passes through (timm, hf: bool; open_clip: a tag such as ``"openai"`` or True for
     "openai"). Downloads happen only when it is set. kwargs go to the library's constructor, e.g.
     ``img_size=(224, 160)`` (timm) or ``force_image_size=...`` (open_clip).
+
+    For ``hf:``, kwargs are ``config=`` (a transformers config, or a dict with ``model_type``: needed
+    offline for a model id with ``pretrained=False``), ``input_size=`` (frame size if not the config's
+    ``image_size``; position embeddings are interpolated) and config fields to override; see
+    :func:`stadapter_fast.hf.create_hf_backbone`. Built-in configs (random weights, no download):
+    ``hf:tiny-clip``, ``hf:tiny-siglip``, ``hf:tiny-dinov2``, ``hf:tiny-dinov2-registers``, ``hf:tiny-vit``.
     """
     from ._compat import ensure_torchvision_importable
 
     lib, _, model = name.partition(":")
     if not model:
-        raise ValueError(f"backbone name must be 'timm:<model>' or 'open_clip:<model>', got {name!r}")
+        raise ValueError(f"backbone name must be 'timm:<model>', 'open_clip:<model>' or 'hf:<model>', got {name!r}")
+    if lib == "hf":
+        return hf.create_hf_backbone(model, pretrained, **kwargs)
     ensure_torchvision_importable()
     if lib == "timm":
         import timm
@@ -366,4 +404,4 @@ def create_backbone(name: str, pretrained: Union[bool, str] = False, **kwargs) -
 
         tag = ("openai" if pretrained is True else pretrained) or None
         return open_clip.create_model(model, pretrained=tag, **kwargs).visual
-    raise ValueError(f"backbone library must be 'timm' or 'open_clip', got {lib!r} in {name!r}")
+    raise ValueError(f"backbone library must be 'timm', 'open_clip' or 'hf', got {lib!r} in {name!r}")

@@ -131,13 +131,15 @@ def _level_tokens(arch: _Arch, frames: torch.Tensor, levels: list[int]) -> list[
     if arch.kind == "timm":
         x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
         blocks, batch_first = m.blocks, True
+    elif arch.kind == "hf":
+        x, blocks, batch_first = arch.hf.embed(frames), arch.container, True
     else:
         x = m._embeds(frames)
         blocks, batch_first = m.transformer.resblocks, getattr(m.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
     for i, blk in enumerate(blocks):
-        x = blk(x)
+        x = blk(x, None) if arch.kind == "hf" else blk(x)  # hf: no attention mask
         if i in want:
             out.append(x if batch_first else x.transpose(0, 1))
         if i >= levels[-1]:
@@ -146,7 +148,7 @@ def _level_tokens(arch: _Arch, frames: torch.Tensor, levels: list[int]) -> list[
 
 
 class MAdapterVideoClassifier(nn.Module):
-    """Video classifier with an M-Adapter side branch on a frozen timm / open_clip ViT.
+    """Video classifier with an M-Adapter side branch on a frozen timm / open_clip / transformers ViT.
 
     ``forward(video)``: ``[B, C, T, H, W]`` (or ``[B, T, C, H, W]`` with ``input_layout="BTCHW"``) ->
     ``[B, num_classes]`` fp32 logits. The backbone runs under ``torch.no_grad()``.

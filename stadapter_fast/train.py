@@ -32,6 +32,10 @@ from .ops.dwconv_tokens import ACTIVATIONS
 DEFAULT_DATA = "data/synthetic"
 
 
+#: --backbone-kwargs default for timm: a 2-block ViT for the synthetic data
+_TINY_TIMM_KWARGS = '{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}'
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stadapter-train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -55,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
                    help="skip (count and report at epoch end) or fail on the first unreadable/short video")
     m = ap.add_argument_group("model")
-    m.add_argument("--backbone", default="timm:vit_tiny_patch16_224", help="timm:<name> or open_clip:<name>")
-    m.add_argument("--backbone-kwargs", default='{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}',
-                   help="JSON of constructor overrides ('{}' for the stock architecture)")
-    m.add_argument("--pretrained", default=None, help="timm: 'true'; open_clip: a tag such as 'openai' (downloads)")
+    m.add_argument("--backbone", default="timm:vit_tiny_patch16_224",
+                   help="timm:<name>, open_clip:<name> or hf:<model id or built-in config, e.g. tiny-vit>")
+    m.add_argument("--backbone-kwargs", default=None,
+                   help="JSON of constructor overrides ('{}' for the stock architecture); hf: config fields, plus "
+                        "'config' (a dict with model_type) for a model id offline. Default: the small test ViT "
+                        f"{_TINY_TIMM_KWARGS} for timm, '{{}}' otherwise")
+    m.add_argument("--pretrained", default=None,
+                   help="timm, hf: 'true'; open_clip: a tag such as 'openai' (downloads)")
     m.add_argument("--method", choices=["st-adapter", "m-adapter", "frame-only"], default="st-adapter",
                    help="st-adapter: adapters inside the blocks; m-adapter: a multi-level side branch (no "
                         "backprop through the backbone); frame-only: frozen backbone, frame-averaged baseline")
@@ -127,9 +135,13 @@ def build_model(args, num_classes: int, device: torch.device):
     from . import (STAdapterConfig, VideoClassifier, add_st_adapters, create_backbone, set_adapter_path,
                    set_backbone_checkpointing)
 
-    kwargs = json.loads(args.backbone_kwargs or "{}")
-    if args.backbone.startswith("timm:"):
+    timm_backbone = args.backbone.startswith("timm:")
+    kwargs = json.loads(args.backbone_kwargs if args.backbone_kwargs is not None
+                        else _TINY_TIMM_KWARGS if timm_backbone else "{}")
+    if timm_backbone:
         kwargs.setdefault("img_size", args.image_size)
+    elif args.backbone.startswith("hf:"):
+        kwargs.setdefault("input_size", args.image_size)  # position embeddings interpolated if not the config's
     pretrained = args.pretrained
     if isinstance(pretrained, str) and pretrained.lower() in ("true", "1", "yes"):
         pretrained = True

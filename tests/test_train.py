@@ -216,3 +216,16 @@ def test_checkpoint_backbone_trains_identically(data, tmp_path):
         assert torch.equal(a["trainable"][k], b["trainable"][k]), k
     with pytest.raises(ValueError, match="--checkpoint-backbone applies to --method st-adapter"):
         main(args(data, tmp_path / "m", "--method", "m-adapter", "--checkpoint-backbone", *common))
+
+
+@pytest.mark.parametrize("method,backbone", [("st-adapter", "hf:tiny-dinov2-registers"), ("m-adapter", "hf:tiny-siglip")])
+def test_hf_backbone_trains(data, tmp_path, method, backbone):
+    """--backbone hf:<built-in config>: a transformers tower with random weights (no download)."""
+    pytest.importorskip("transformers")
+    extra = ["--positions", "pre_attn", "pre_mlp", "--checkpoint-backbone"] if method == "st-adapter" else []
+    s = main(args(data, tmp_path, "--loader", "pyav", "--backbone", backbone, "--method", method, "--epochs", "1",
+                  "--max-steps", "1", *extra))
+    assert s["steps"] == 1
+    meta = read_adapter_metadata(tmp_path / "adapters.safetensors")
+    assert meta["backbone"]["kind"] == "hf" and meta["backbone"]["grid"] == [4, 4]
+    assert meta["backbone"]["num_prefix_tokens"] == (3 if method == "st-adapter" else 0)

@@ -1,5 +1,5 @@
 """Level 2: the whole adapter (fc1 -> conv -> act -> fc2 -> residual), fp32 parameters under autocast
-with tokens in the autocast dtype (the release's recipe)."""
+with tokens in the autocast dtype (the release's recipe); the official adapter and mmaction2's variant."""
 import math
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 from benchmarks._cases import AMP_DTYPES, PROVIDERS, SHAPES, VARIANTS, dtype_id, provider_backend
 from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
-from stadapter_fast import FastSTAdapter, STAdapterReference
+from stadapter_fast import (FastMMAction2STAdapter, FastSTAdapter, MMAction2STAdapterReference, STAdapterReference,
+                            swap_adapters)
 from stadapter_fast.ops.dwconv_tokens import act_fwd
 
 
@@ -90,4 +91,76 @@ def test_adapter(row, compile_mode, shape, variant, dtype, mode, provider):
     min_bytes, flops = adapter_cost(shape, ks, dtype, mode)
     r = row(level=2, case_key=(shape.name, name), mode=mode, dtype=dtype, min_bytes=min_bytes, flops=flops,
             build=lambda p: build_adapter(shape, ks, act, dtype, mode, p, compile_mode))
+    r.run(provider)
+
+
+# mmaction2's adapter (VindLU): [b, t, l, c] in and out, the class token through act + fc2, a learnable
+# output scale and drop path. reference = the plain-PyTorch restatement; fast = what swap_adapters makes
+# of it. fwd runs in eval mode, fwd_bwd in training mode (drop path on, drop_prob 0.1 as mmaction2's
+# default); outputs are checked in eval mode.
+MM2_PROVIDERS = ["reference", "reference_compiled", "fast", "fast_compiled", "fast_torch_compiled", "fast_onepass"]
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, adapter):
+        super().__init__()
+        self.adapter = adapter
+
+
+def make_mmaction2_adapter(provider, shape, compile_mode):
+    torch.manual_seed(0)
+    ref = MMAction2STAdapterReference((3, 3, 3), shape.C, shape.Ca, drop_prob=0.1, grid_size=(shape.grid,) * 2,
+                                      num_prefix_tokens=shape.P)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.02)
+    m = _Holder(ref.to(device()))
+    if provider != "reference" and not provider.startswith("reference_"):
+        path = "one_pass" if provider == "fast_onepass" else "auto"
+        n = swap_adapters(m, backend=provider_backend(provider), path=path, strict=True)
+        assert n == 1 and isinstance(m.adapter, FastMMAction2STAdapter)
+    m = m.adapter
+    if provider.endswith("compiled"):
+        return m, torch.compile(m, mode=compile_mode, fullgraph=provider.startswith("fast"))
+    return m, m
+
+
+def build_mmaction2_adapter(shape, dtype, mode, provider, compile_mode):
+    dev = device()
+    xs, dy = rotated_inputs((shape.B, shape.T, shape.L, shape.C), dtype, mode != "fwd", seed=1)
+    n = len(xs)
+    m, fn = make_mmaction2_adapter(provider, shape, compile_mode)
+    m.train(mode != "fwd")
+
+    def step(i):
+        x = xs[i % n]
+        with torch.autocast(dev, dtype=dtype):
+            if mode == "fwd":
+                with torch.no_grad():
+                    return fn(x)
+            x.grad = None
+            m.zero_grad(set_to_none=True)
+            y = fn(x)
+        y.backward(dy)
+
+    def output():
+        was = m.training
+        m.eval()
+        with torch.no_grad(), torch.autocast(dev, dtype=dtype):
+            y = fn(xs[0])
+        m.train(was)
+        return y
+    return step, output
+
+
+@pytest.mark.parametrize("provider", MM2_PROVIDERS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("dtype", AMP_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_adapter_mmaction2(row, compile_mode, shape, dtype, mode, provider):
+    skip_unavailable(provider)
+    ks = (3, 3, 3)
+    min_bytes, flops = adapter_cost(shape, ks, dtype, mode)
+    r = row(level=2, case_key=(shape.name, "mmaction2_k333relu"), mode=mode, dtype=dtype, min_bytes=min_bytes,
+            flops=flops, build=lambda p: build_mmaction2_adapter(shape, dtype, mode, p, compile_mode))
     r.run(provider)

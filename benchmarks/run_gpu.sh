@@ -30,13 +30,13 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --be
 if want T; then
 echo "== GPU tests"
 timeout 420 $PY -m pytest tests/test_gpu.py tests/csrc_triton/test_tuning_configs.py tests/ops/test_fc2_residual.py \
-  tests/test_compile.py -q -p no:cacheprovider -rf \
+  tests/test_compile.py tests/test_mmaction2.py -q -p no:cacheprovider -rf \
   > "$OUT_DIR/gpu_tests.log" 2>&1; tail -n 25 "$OUT_DIR/gpu_tests.log" | tee "$OUT_DIR/gpu_tests.txt"
 fi
 
 if want A; then
-echo "== Phase A: every provider, ViT-B/16 8 frames, release kernel, bf16 (levels 1-2)"
-timeout 240 $BENCH -k "vitb16_8f and k311 and bfloat16 and (test_conv or test_adapter)" \
+echo "== Phase A: every provider, ViT-B/16 8 frames, bf16, levels 1-2: the release kernel, and mmaction2's adapter"
+timeout 240 $BENCH -k "vitb16_8f and bfloat16 and ((k311 and (test_conv or test_adapter)) or test_adapter_mmaction2)" \
   --benchmark-json="$OUT_DIR/phase_a.json" \
   > "$OUT_DIR/phase_a.log" 2>&1; tail -n 5 "$OUT_DIR/phase_a.log"
 fi
@@ -49,7 +49,7 @@ done
 fi
 if want B; then
 echo "== Phase B: reference vs fast over shapes, kernels and dtypes (levels 1-2)"
-timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and not compiled and not channels_last and not (vitb16_8f and k311 and bfloat16)" \
+timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last and not (vitb16_8f and k311 and bfloat16)" \
   --benchmark-json="$OUT_DIR/phase_b.json" \
   > "$OUT_DIR/phase_b.log" 2>&1; tail -n 5 "$OUT_DIR/phase_b.log"
 fi

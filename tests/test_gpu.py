@@ -1,11 +1,13 @@
 """GPU-only checks at real shapes (skipped without CUDA): the Triton kernels compiled for the device,
 at the ViT-B/16 8-frame shape, against the fp64 reference."""
+import copy
+
 import pytest
 import torch
 
 from stadapter_fast import FastSTAdapter, STAdapterReference, st_adapter_conv
 from stadapter_fast.ops.dwconv_tokens import st_adapter_conv_ref
-from tests._util import assert_close
+from tests._util import RTOL, assert_close, rel_err
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -226,3 +228,47 @@ def test_benchmark_harness_times_on_gpu():
     assert 0 < timing.graph_s and 0 < timing.device_s and 0 < timing.wall_s
     # a replay has no launch gaps: it cannot be much slower than the eager call's device time
     assert timing.graph_s < 1.5 * timing.device_s
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("path", ["two_pass", "one_pass"])
+def test_mmaction2_adapter_vitb_autocast_vs_fp64(path, dtype):
+    """mmaction2's adapter (VindLU: (3,3,3), ReLU, class token through act + fc2, scale, drop path) at
+    ViT-B/16 8 frames in training mode (same seed: same drop mask), autocast, against the fp64 reference."""
+    from stadapter_fast import FastMMAction2STAdapter, MMAction2STAdapterReference
+
+    torch.manual_seed(0)
+    ref = MMAction2STAdapterReference((3, 3, 3), 768, 384, drop_prob=0.3).cuda()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.02 if p.dim() == 2 else 0.3)
+    fast = FastMMAction2STAdapter((3, 3, 3), 768, 384, drop_prob=0.3, path=path).cuda()
+    fast.load_state_dict(ref.state_dict())
+    ref64 = ref.double()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(8, 8, 197, 768, device="cuda", generator=g).to(dtype).requires_grad_()
+    dy = torch.randn(8, 8, 197, 768, device="cuda", generator=g).to(dtype)
+    torch.manual_seed(2)
+    with torch.autocast("cuda", dtype=dtype):
+        y = fast.train()(x)
+    grads = torch.autograd.grad(y, [x] + list(fast.parameters()), dy)
+    x64 = x.detach().double().requires_grad_()
+    # the same Bernoulli draws: the fused module draws its mask in x's dtype, as timm's DropPath does
+    torch.manual_seed(2)
+    mask = x.new_empty((8,)).bernoulli_(0.7)
+    torch.manual_seed(2)
+    d = fast.drop_factor(x)
+    assert torch.equal(d, mask / 0.7) and 0 < int(mask.sum()) < 8, "some clips kept, some dropped"
+    ref64.drop_factor = lambda _x: d.double()
+    y_ref = ref64.train()(x64)
+    rgrads = torch.autograd.grad(y_ref, [x64] + list(ref64.parameters()), dy.double())
+    # the reference itself under the same autocast: with ReLU, bf16 rounding flips act' near 0, and the
+    # weight gradients of fc1/conv come out ~5e-2 off the fp64 ones (measured on CPU at small sizes)
+    ref32 = copy.deepcopy(ref64).float()
+    ref32.drop_factor = lambda _x: d.float()
+    with torch.autocast("cuda", dtype=dtype):
+        y_amp = ref32.train()(x)
+    agrads = torch.autograd.grad(y_amp, [x] + list(ref32.parameters()), dy)
+    assert_close(y, y_ref, dtype, "y")
+    for n, a, b, c in zip(["dx"] + [n for n, _ in fast.named_parameters()], grads, rgrads, agrads):
+        assert rel_err(a, b) <= max(2 * RTOL[dtype], 1.5 * rel_err(c, b)), n

@@ -9,7 +9,7 @@ Public API::
 from ._backend import BACKENDS, PATHS, resolve_backend
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import ACTIVATIONS, st_adapter_conv
-from .swap import set_adapter_path, swap_adapters
+from .swap import RenamedFastSTAdapter, set_adapter_path, swap_adapters
 from .integration import (STAdapterConfig, VideoClassifier, add_st_adapters, adapter_parameter_count,
                           count_parameters, create_backbone, set_backbone_checkpointing, set_num_frames)
 from .madapter import MAdapterConfig, MAdapterVideoClassifier
@@ -28,6 +28,7 @@ __all__ = [
     "MAdapterConfig",
     "MAdapterVideoClassifier",
     "MMAction2STAdapterReference",
+    "RenamedFastSTAdapter",
     "STAdapterConfig",
     "STAdapterReference",
     "VideoClassifier",

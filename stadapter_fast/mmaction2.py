@@ -71,6 +71,11 @@ class _MMAction2Base(nn.Module):
         return (f"kernel_size={self.kernel_size}, grid_size={self.grid_size}, act={self.act!r}, "
                 f"num_prefix_tokens={self.num_prefix_tokens}, drop_prob={self.drop_prob}")
 
+    def _grid(self, x: torch.Tensor) -> Optional[tuple[int, int]]:
+        """The patch grid ``(H, W)`` of a valid ``x``, or None for one-frame clips (returned unchanged)."""
+        H, W = self._check(x)
+        return None if x.shape[1] == 1 else (H, W)
+
     def _check(self, x: torch.Tensor) -> tuple[int, int]:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a tensor of shape [b, t, l, c], got "
@@ -94,11 +99,10 @@ class MMAction2STAdapterReference(_MMAction2Base):
     arguments, then keyword options) and state_dict as :class:`FastMMAction2STAdapter`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self._check(x)
-        if x.shape[1] == 1:
+        grid = self._grid(x)
+        if grid is None:
             return x
-        b, t, l, c = x.shape
-        P = self.num_prefix_tokens
+        (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
         u = self.linear1(x)
         tokens = u[:, :, P:, :].reshape(b, t, H, W, -1).permute(0, 4, 1, 2, 3).contiguous()
         tokens = self.conv(tokens).permute(0, 2, 3, 4, 1).reshape(b, t, H * W, -1)
@@ -135,11 +139,10 @@ class FastMMAction2STAdapter(_MMAction2Base):
         return super().extra_repr() + f", backend={self.backend!r}, path={self.path!r}, recompute={self.recompute}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self._check(x)
-        if x.shape[1] == 1:
+        grid = self._grid(x)
+        if grid is None:
             return x
-        b, t, l, c = x.shape
-        P = self.num_prefix_tokens
+        (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
         xt = x.reshape(b * t, l, c)  # a view for a contiguous x
         d = self.drop_factor(x)
         r = self.scale.expand(b) if d is None else self.scale * d.to(self.scale.dtype)

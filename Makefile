@@ -9,6 +9,8 @@ TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.7.1
 TORCHVISION_VERSION ?= 0.28.0
 NUMPY_SPEC ?= numpy
+# transformers for the [hf] extra (tests/test_integration_hf.py): the newest that resolves
+TRANSFORMERS_SPEC ?= transformers
 # 1: fail if pip brought a CUDA torch (only the pinned default has a CPU wheel here)
 REQUIRE_CPU_TORCH ?= 1
 EXTRAS ?= test
@@ -25,6 +27,10 @@ COMPAT_TORCH ?= 2.11.0
 COMPAT_TRITON ?= 3.6.0
 COMPAT_TORCHVISION ?= 0.26.0
 COMPAT_NUMPY ?= numpy<2.4
+# pyproject's lower bound for [hf]: 5.18.0 passes tests/test_integration_hf.py on torch 2.11 and 2.13;
+# 5.17.0 fails it (its Dinov2 attention and layer forward take no extra positional argument), as do
+# the older 5.0.0, 5.5.0 and 5.10.1 tried.
+COMPAT_TRANSFORMERS ?= transformers==5.18.0
 # The whole suite but three slow parts that the current row covers and that hold nothing
 # version-specific of the GPU image: the benchmark-suite smoke run (~1 min), the SIGKILL-and-resume
 # training test (~35 s of training subprocesses) and the sm_80 AOT compile (~2.5 min cold; sm_90, the
@@ -42,7 +48,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and alone, pinned exactly: anything looser pulls the CUDA build and ~2.5 GB of nvidia-*.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\ntriton==$(TRITON_VERSION)\n$(NUMPY_SPEC)\n' > $(CONSTRAINTS)
+	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\ntriton==$(TRITON_VERSION)\n$(NUMPY_SPEC)\n$(TRANSFORMERS_SPEC)\n' > $(CONSTRAINTS)
 	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q '$(NUMPY_SPEC)' triton==$(TRITON_VERSION)
 	PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	$(PY) -c "import torch, sys; cpu = not torch.version.cuda; sys.exit('a CUDA torch came in: ' + torch.__version__) if $(REQUIRE_CPU_TORCH) and not cpu else print('torch', torch.__version__, '(CPU build)' if cpu else '(CUDA build, run on CPU)')"
@@ -54,6 +60,7 @@ test: venv
 test-compat:
 	$(MAKE) --no-print-directory test VENV=$(COMPAT_VENV) TORCH_VERSION=$(COMPAT_TORCH) \
 		TRITON_VERSION=$(COMPAT_TRITON) TORCHVISION_VERSION=$(COMPAT_TORCHVISION) NUMPY_SPEC='$(COMPAT_NUMPY)' \
+		TRANSFORMERS_SPEC='$(COMPAT_TRANSFORMERS)' \
 		REQUIRE_CPU_TORCH=0 PYTEST_ARGS="$(COMPAT_PYTEST_ARGS) $(PYTEST_ARGS)"
 
 test-system:

@@ -92,9 +92,11 @@ def _grads(model, x):
     return out, [torch.zeros_like(p) if g is None else g for p, g in zip([x] + params, grads)]
 
 
-@pytest.mark.parametrize("T", [4, 1])
-@pytest.mark.parametrize("P", [1, 2])
-@pytest.mark.parametrize("ks", [(3, 3, 3), (3, 1, 1), (1, 3, 3)], ids=lambda k: "k%d%d%d" % k)
+# (kernel, prefix count, frames): every kernel shape class, 1 and 2 prefix tokens, and one-frame clips
+SWAP_CASES = [((3, 3, 3), 1, 4), ((3, 1, 1), 2, 4), ((1, 3, 3), 1, 4), ((3, 3, 3), 2, 4), ((3, 3, 3), 1, 1)]
+
+
+@pytest.mark.parametrize("ks,P,T", SWAP_CASES, ids=lambda c: str(c))
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("path", PATHS)
 def test_swapped_model_matches_eval(path, backend, ks, P, T):

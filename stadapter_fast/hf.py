@@ -81,7 +81,8 @@ def import_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ValueError("backbone 'hf:...' needs the transformers package: pip install stadapter-fast[hf]") from e
+        raise ValueError("backbone 'hf:...' needs the transformers package: pip install 'transformers>=5.18' "
+                         "(or pip install '.[hf]' in a stadapter-fast checkout)") from e
     return transformers
 
 

@@ -71,17 +71,16 @@ class _MMAction2Base(nn.Module):
         return (f"kernel_size={self.kernel_size}, grid_size={self.grid_size}, act={self.act!r}, "
                 f"num_prefix_tokens={self.num_prefix_tokens}, drop_prob={self.drop_prob}")
 
-    def _grid(self, x: torch.Tensor) -> Optional[tuple[int, int]]:
-        """The patch grid ``(H, W)`` of a valid ``x``, or None for one-frame clips (returned unchanged)."""
-        H, W = self._check(x)
-        return None if x.shape[1] == 1 else (H, W)
-
-    def _check(self, x: torch.Tensor) -> tuple[int, int]:
+    def _tokens(self, x: torch.Tensor) -> tuple[Optional[tuple[int, int]], torch.Tensor]:
+        """Validate ``x: [b, t, l, c]``; returns (the patch grid ``(H, W)``, or None for one-frame clips,
+        which are returned unchanged; ``x`` as ``[b*t, l, c]``, a view when ``x`` is contiguous)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a tensor of shape [b, t, l, c], got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         b, t, l, c = x.shape
-        return check_tokens(x.reshape(b * t, l, c), t, self.linear1.weight, self.num_prefix_tokens, self.grid_size)
+        xt = x.reshape(b * t, l, c)
+        grid = check_tokens(xt, t, self.linear1.weight, self.num_prefix_tokens, self.grid_size)
+        return (None if t == 1 else grid), xt
 
     def drop_factor(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Per-clip drop-path factor ``mask / (1 - drop_prob)`` ([b], x's dtype), or None (eval, or
@@ -99,7 +98,7 @@ class MMAction2STAdapterReference(_MMAction2Base):
     arguments, then keyword options) and state_dict as :class:`FastMMAction2STAdapter`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self._grid(x)
+        grid, _ = self._tokens(x)
         if grid is None:
             return x
         (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
@@ -139,11 +138,10 @@ class FastMMAction2STAdapter(_MMAction2Base):
         return super().extra_repr() + f", backend={self.backend!r}, path={self.path!r}, recompute={self.recompute}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self._grid(x)
+        grid, xt = self._tokens(x)
         if grid is None:
             return x
         (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
-        xt = x.reshape(b * t, l, c)  # a view for a contiguous x
         d = self.drop_factor(x)
         r = self.scale.expand(b) if d is None else self.scale * d.to(self.scale.dtype)
         h = F.linear(xt, self.linear1.weight, self.linear1.bias)

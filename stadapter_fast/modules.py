@@ -108,7 +108,7 @@ class FastSTAdapter(_STAdapterBase):
     and the conv output z for backward), "one_pass" (conv + act + fc2 + b2 + residual in one kernel,
     and a fused backward: ``dy W2``, act', the transposed conv and the conv's weight gradients in one
     pass), or "auto": the path measured faster for the backend and kernel shape, see
-    ``stadapter_fast._backend.AUTO_PATH`` (two_pass everywhere today; GPU unmeasured).
+    ``stadapter_fast._backend.AUTO_PATH`` (two_pass everywhere; GPU unmeasured).
 
     ``recompute`` (one-pass path only): True keeps only x and h for backward and recomputes the conv
     there; False also keeps the pre-activation ``conv(h) + b`` ([B*T, L, Ca], in the activation

@@ -346,7 +346,7 @@ def test_errors_name_the_argument_and_values(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
-    with pytest.raises(ValueError, match=r"pip install stadapter-fast\[hf\]"):
+    with pytest.raises(ValueError, match=r"pip install 'transformers>=5.18'"):
         create_backbone("hf:tiny-vit")
 
 

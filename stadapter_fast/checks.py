@@ -1,0 +1,28 @@
+"""Argument checks shared by the ops, the modules and the model wrappers: one wording per rule, so a
+``ValueError`` names the argument, what was expected and what was given, the same way everywhere."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def is_int(v: Any, minimum: int = 1) -> bool:
+    """Whether ``v`` is an ``int`` (not a ``bool``) of at least ``minimum``."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def check_int(name: str, v: Any, minimum: int = 1) -> int:
+    """``v`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``name`` ("a positive int" for
+    ``minimum=1``)."""
+    if not is_int(v, minimum):
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return v
+
+
+def check_frames(T: Any, rows: int, what: str) -> int:
+    """``T`` (frames per clip) must be a positive int dividing ``rows``, the frame count of the tensor
+    described by ``what`` (e.g. ``"x.shape[0] = B*T"``)."""
+    check_int("T (frames per clip)", T)
+    if rows % T != 0:
+        raise ValueError(f"{what} = {rows} is not divisible by T = {T}")
+    return T

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops.dwconv_tokens import ACTIVATIONS
+from csrc_triton.activations import ACTIVATIONS
+
+from ._backend import PATHS as KERNEL_PATHS
 
 DEFAULT_DATA = "data/synthetic"
 
@@ -36,28 +39,39 @@ DEFAULT_DATA = "data/synthetic"
 _TINY_TIMM_KWARGS = '{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}'
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an argument's default unless it is None or the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stadapter-train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=_HelpFormatter)
     d = ap.add_argument_group("data")
     d.add_argument("--data-root", default=DEFAULT_DATA, help="root of the list files' relative paths")
     d.add_argument("--train-list", default=None, help="'path label' lines, or a folder-per-class directory; default: "
                    "DATA_ROOT/train.txt (the synthetic dataset is created there if DATA_ROOT is the default and missing)")
     d.add_argument("--val-list", default=None, help="list file or folder-per-class directory; default: DATA_ROOT/val.txt")
     d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
-    d.add_argument("--frames", type=int, default=8)
-    d.add_argument("--sampling", choices=["stride", "segments"], default="stride",
-                   help="stride: T frames STRIDE apart (Kinetics); segments: one per uniform segment (SSv2)")
-    d.add_argument("--stride", type=int, default=2)
-    d.add_argument("--image-size", type=int, default=32)
-    d.add_argument("--no-flip", action="store_true", help="no horizontal flips (SSv2-like, direction-sensitive data)")
-    d.add_argument("--test-temporal-views", type=int, default=1)
-    d.add_argument("--test-spatial-views", type=int, default=1)
     d.add_argument("--loader", choices=["auto", "dali", "pyav"], default="auto",
                    help="auto: DALI if installed, else the PyAV DataLoader")
     d.add_argument("--workers", type=int, default=0, help="DataLoader workers / DALI threads (0: main process / 1 thread)")
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
                    help="skip (count and report at epoch end) or fail on the first unreadable/short video")
+    c = ap.add_argument_group("clips: sampling and augmentation")
+    c.add_argument("--frames", type=int, default=8, help="frames per clip (T)")
+    c.add_argument("--sampling", choices=["stride", "segments"], default="stride",
+                   help="stride: T frames STRIDE apart (Kinetics); segments: one per uniform segment (SSv2)")
+    c.add_argument("--stride", type=int, default=2, help="frame step of --sampling stride")
+    c.add_argument("--image-size", type=int, default=32, help="crop size (pixels, square)")
+    c.add_argument("--no-flip", action="store_true", help="no horizontal flips (SSv2-like, direction-sensitive data)")
+    c.add_argument("--test-temporal-views", type=int, default=1,
+                   help="evenly spaced clips per video in validation; the softmax is averaged over all views")
+    c.add_argument("--test-spatial-views", type=int, default=1, help="crops along the long side per clip in validation")
     m = ap.add_argument_group("model")
     m.add_argument("--backbone", default="timm:vit_tiny_patch16_224",
                    help="timm:<name>, open_clip:<name> or hf:<model id or built-in config, e.g. tiny-vit>")
@@ -70,39 +84,46 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--method", choices=["st-adapter", "m-adapter", "frame-only"], default="st-adapter",
                    help="st-adapter: adapters inside the blocks; m-adapter: a multi-level side branch (no "
                         "backprop through the backbone); frame-only: frozen backbone, frame-averaged baseline")
-    m.add_argument("--m-levels", default="1", help="M-Adapter levels: k (every k-th block, ending at the last; "
-                   "3 for a 12-block ViT) or comma-separated block indices")
-    m.add_argument("--m-width", type=int, default=32, help="M-Adapter branch width (e.g. 384 for ViT-B)")
-    m.add_argument("--m-fusion", choices=["add", "gate"], default="add")
-    m.add_argument("--adapter-channels", type=int, default=32)
-    m.add_argument("--kernel-size", type=int, nargs=3, default=[3, 1, 1])
-    m.add_argument("--positions", nargs="+", default=["pre_mlp"], choices=["pre_attn", "pre_mlp"])
-    m.add_argument("--layers", default="all", help="'all', k (last k blocks) or comma-separated indices")
-    m.add_argument("--act", default=None, choices=[a for a in ACTIVATIONS if a != "none"])
-    m.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
-    m.add_argument("--adapter-path", choices=["auto", "two_pass", "one_pass"], default="auto",
-                   help="fast adapters' execution path (see FastSTAdapter); checkpoints are unaffected")
-    m.add_argument("--checkpoint-backbone", action="store_true",
+    m.add_argument("--dropout", type=float, default=0.5, help="before the classifier head")
+    s = ap.add_argument_group("adapters (--method st-adapter; --kernel-size, --act and --adapter-impl also m-adapter)")
+    s.add_argument("--adapter-channels", type=int, default=32, help="bottleneck width Ca (the release: 384)")
+    s.add_argument("--kernel-size", type=int, nargs=3, default=[3, 1, 1], help="depthwise conv kernel (kt kh kw)")
+    s.add_argument("--positions", nargs="+", default=["pre_mlp"], choices=["pre_attn", "pre_mlp"])
+    s.add_argument("--layers", default="all", help="'all', k (last k blocks) or comma-separated indices")
+    s.add_argument("--act", default=None, choices=[a for a in ACTIVATIONS if a != "none"],
+                   help="activation after the conv; default: none (the release); m-adapter: gelu")
+    s.add_argument("--adapter-impl", choices=["fast", "reference"], default="fast")
+    ma = ap.add_argument_group("M-Adapter branch (--method m-adapter)")
+    ma.add_argument("--m-levels", default="1", help="M-Adapter levels: k (every k-th block, ending at the last; "
+                    "3 for a 12-block ViT) or comma-separated block indices")
+    ma.add_argument("--m-width", type=int, default=32, help="M-Adapter branch width (e.g. 384 for ViT-B)")
+    ma.add_argument("--m-fusion", choices=["add", "gate"], default="add")
+    e = ap.add_argument_group("execution (same results, other speed/memory)")
+    e.add_argument("--kernel-path", choices=KERNEL_PATHS, default="auto",
+                   help="fast adapters' kernel path (FastSTAdapter's path=); checkpoints are unaffected")
+    # the flag's former name, kept so existing command lines run; hidden from --help
+    e.add_argument("--adapter-path", dest="kernel_path", choices=KERNEL_PATHS, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    e.add_argument("--no-recompute", action="store_true",
+                   help="one-pass path: keep the conv's pre-activation for backward instead of recomputing it")
+    e.add_argument("--checkpoint-backbone", action="store_true",
                    help="activation checkpointing of the backbone blocks that hold adapters (--method st-adapter): "
                         "less memory, one more forward of those blocks")
-    m.add_argument("--no-recompute", action="store_true",
-                   help="one-pass path: keep the conv's pre-activation for backward instead of recomputing it")
-    m.add_argument("--dropout", type=float, default=0.5)
     o = ap.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=12)
     o.add_argument("--batch-size", type=int, default=16, help="per process")
-    o.add_argument("--grad-accum", type=int, default=1)
+    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     o.add_argument("--lr", type=float, default=3e-3, help="peak lr (the release: 1e-3 x total batch / 256)")
-    o.add_argument("--weight-decay", type=float, default=0.01)
-    o.add_argument("--warmup-epochs", type=float, default=1.0)
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's; none on biases and 1-D parameters")
+    o.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then a per-step cosine")
     o.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="fp16 uses a GradScaler")
     o.add_argument("--backbone-dtype", choices=["none", "fp16", "bf16"], default="none",
                    help="cast the frozen backbone (the release: fp16, with --amp fp16)")
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke tests)")
-    r = ap.add_argument_group("run")
-    r.add_argument("--out", default="runs/default")
+    r = ap.add_argument_group("run and checkpoints")
+    r.add_argument("--out", default="runs/default", help="output folder (metrics, summary, last.pt, adapters)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="model init, clip order, sampling and augmentation")
     r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     r.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -157,7 +178,7 @@ def build_model(args, num_classes: int, device: torch.device):
         cfg = MAdapterConfig(levels=levels, width=args.m_width, kernel_size=tuple(args.kernel_size),
                              act=args.act or "gelu", fusion=args.m_fusion, impl=args.adapter_impl, backbone_dtype=bdt)
         clf = MAdapterVideoClassifier(backbone, cfg, num_classes, num_frames=args.frames, dropout=args.dropout)
-        set_adapter_path(clf, args.adapter_path, recompute=not args.no_recompute)
+        set_adapter_path(clf, args.kernel_path, recompute=not args.no_recompute)
         return clf.to(device)
     if args.method == "frame-only":
         backbone.requires_grad_(False)
@@ -169,7 +190,7 @@ def build_model(args, num_classes: int, device: torch.device):
             layers = int(layers) if "," not in layers else [int(i) for i in layers.split(",")]
         cfg = STAdapterConfig(adapter_channels=args.adapter_channels, kernel_size=tuple(args.kernel_size),
                               act=args.act, positions=tuple(args.positions), layers=layers,
-                              impl=args.adapter_impl, path=args.adapter_path, recompute=not args.no_recompute,
+                              impl=args.adapter_impl, path=args.kernel_path, recompute=not args.no_recompute,
                               backbone_dtype=bdt)
         add_st_adapters(backbone, cfg, num_frames=args.frames)
         if args.checkpoint_backbone:
@@ -195,7 +216,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _optimizer_step(opt, sched, scaler, step: int) -> tuple[int, str]:
+def optimizer_step(opt, sched, scaler, step: int) -> tuple[int, str]:
     """One update from the accumulated gradients: ``(new step, outcome)``, outcome "ok"; "nonfinite"
     (a gradient holds inf/NaN: nothing updated, grads cleared); or "amp_skipped" (fp16's GradScaler
     found inf/NaN in the scaled grads and skipped the update, as it is built to; the step still counts)."""
@@ -212,7 +233,7 @@ def _optimizer_step(opt, sched, scaler, step: int) -> tuple[int, str]:
     return step + 1, ("amp_skipped" if scale is not None and scaler.get_scale() < scale else "ok")
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -276,7 +297,7 @@ def _checkpoint_problem(ck, model: torch.nn.Module, opt) -> Optional[str]:
     return None
 
 
-def _load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> dict:
     """Load ``last.pt`` for ``--resume``. ``weights_only=True``: a hostile file cannot run code. Every
     check comes before the first change, so a damaged file raises a ValueError naming it and the
     problem, and changes nothing."""
@@ -373,20 +394,23 @@ def _items(spec: Path, root: Path):
     return read_video_list(spec, root), None
 
 
-def run(args) -> dict:
-    from .checkpoint import save_adapters
-    from .data import read_class_names
-    from .data.loaders import make_loaders
-
+def init_process(args) -> tuple[int, int, int, torch.device]:
+    """(rank, world, local_rank, device): torch.distributed under torchrun, the device, and autocast for
+    a half-precision backbone (the release's recipe: an fp16 backbone, fp32 adapters, autocast)."""
     if args.backbone_dtype != "none" and args.amp == "none":
-        # an fp16/bf16 backbone with fp32 adapters needs autocast (the release's recipe)
         args.amp = args.backbone_dtype
     rank, world, local_rank = _dist()
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return rank, world, local_rank, device
+
+
+def load_datasets(args, rank: int, world: int):
+    """(train items, val items, number of classes). The default synthetic dataset is written first if
+    ``--data-root`` is the default and holds none."""
+    from .data import read_class_names
+
     root = Path(args.data_root)
     if args.train_list is None and args.data_root == DEFAULT_DATA:
         from .data.synthetic import ensure_synthetic
@@ -399,7 +423,52 @@ def run(args) -> dict:
     val_items, _ = _items(Path(args.val_list or root / "val.txt"), root)
     classes = read_class_names(root / "classes.txt") or classes
     num_classes = args.num_classes or (len(classes) if classes else max(i.label for i in train_items) + 1)
+    return train_items, val_items, num_classes
 
+
+@dataclass
+class Trainer:
+    """What one run trains with, and where it stands: the next epoch, the optimizer step count, the
+    metrics so far and the last checkpoint written (named when a non-finite step stops the run)."""
+    args: argparse.Namespace
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    train_loader: object
+    val_loader: object
+    loader_kind: str
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    out: Path
+    rank: int = 0
+    world: int = 1
+    start_epoch: int = 0
+    step: int = 0
+    metrics: list = field(default_factory=list)
+    last_good: str = "none written yet"
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def amp_dtype(self):
+        return _DTYPES[self.args.amp]
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def max_steps_reached(self) -> bool:
+        return self.args.max_steps is not None and self.step >= self.args.max_steps
+
+
+def build_trainer(args, train_items, val_items, num_classes: int, rank: int, world: int, local_rank: int,
+                  device: torch.device) -> Trainer:
+    """Seeded model (DDP-wrapped under torchrun), loaders, AdamW with the per-step cosine schedule and
+    warm-up, and the GradScaler (enabled for fp16)."""
+    from .data.loaders import make_loaders
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     _seed_everything(args.seed)
     model = build_model(args, num_classes, device)
     ddp_model = model
@@ -407,116 +476,171 @@ def run(args) -> dict:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.grad_accum))
-    total_steps = steps_per_epoch * args.epochs
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, int(args.warmup_epochs * steps_per_epoch)))
-    amp_dtype = _DTYPES[args.amp]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    start_epoch, step, metrics = 0, 0, []
-    ckpt_path = out / "last.pt"
-    last_good = "none written yet"
-    if args.resume:
-        ck = _load_checkpoint(ckpt_path, model, opt, sched, scaler)
-        start_epoch, step, metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
-        last_good = f"{ckpt_path} (after epoch {start_epoch}, step {step})"
-        if rank == 0:
-            _write_metrics(out / "metrics.jsonl", metrics)
+    return Trainer(args, model, ddp_model, train_loader, val_loader, loader_kind, opt, sched, scaler, device, out,
+                   rank, world)
 
-    def nonfinite(what: str, epoch: int) -> None:
-        if not args.skip_nonfinite:
-            raise FloatingPointError(f"{what} at step {step + 1} (epoch {epoch + 1}); the last good checkpoint: "
-                                     f"{last_good}. Lower --lr, use --amp bf16, or pass --skip-nonfinite "
-                                     f"to skip such steps and count them")
-        counts["nonfinite_skipped"] += 1
 
-    def update(epoch: int) -> None:
-        nonlocal step
-        step, outcome = _optimizer_step(opt, sched, scaler, step)
-        if outcome == "nonfinite":
-            nonfinite("non-finite gradient", epoch)
-        elif outcome == "amp_skipped":
-            counts["amp_skipped_steps"] += 1
+def resume(tr: Trainer) -> None:
+    """Continue from ``last.pt``: weights, optimizer, schedule, scaler, RNG states, metrics."""
+    ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler)
+    tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
+    tr.last_good = f"{tr.ckpt_path} (after epoch {tr.start_epoch}, step {tr.step})"
+    if tr.rank == 0:
+        _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
 
+
+def _nonfinite(tr: Trainer, what: str, epoch: int) -> None:
+    """Stop with an error naming the step and the last good checkpoint, or (``--skip-nonfinite``) count it."""
+    if not tr.args.skip_nonfinite:
+        raise FloatingPointError(f"{what} at step {tr.step + 1} (epoch {epoch + 1}); the last good checkpoint: "
+                                 f"{tr.last_good}. Lower --lr, use --amp bf16, or pass --skip-nonfinite "
+                                 f"to skip such steps and count them")
+    tr.counts["nonfinite_skipped"] += 1
+
+
+def _update(tr: Trainer, epoch: int) -> None:
+    tr.step, outcome = optimizer_step(tr.opt, tr.sched, tr.scaler, tr.step)
+    if outcome == "nonfinite":
+        _nonfinite(tr, "non-finite gradient", epoch)
+    elif outcome == "amp_skipped":
+        tr.counts["amp_skipped_steps"] += 1
+
+
+def _finite_everywhere(tr: Trainer, loss_value: float) -> bool:
+    """Whether the loss is finite on every rank: under DDP all ranks must skip (or stop) together, or
+    the gradient all-reduce hangs."""
+    finite = math.isfinite(loss_value)
+    if tr.world > 1:
+        flag = torch.tensor([float(finite)], device=tr.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite
+
+
+@dataclass
+class EpochStats:
+    time_s: float
+    clips: int  # all ranks
+    reached_max_steps: bool  # stopped mid-epoch at --max-steps
+
+
+def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
+    """One epoch of training, stopping early at ``--max-steps``: the epoch's metrics record (without
+    validation) and its timing."""
     from tqdm.auto import tqdm
 
-    t_start, train_time, train_clips = time.time(), 0.0, 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    done = args.max_steps is not None and step >= args.max_steps
-    for epoch in range(start_epoch, args.epochs):
+    args, device = tr.args, tr.device
+    tr.train_loader.set_epoch(epoch)
+    tr.model.train()
+    losses, bad, t0, n_clips, pending, stopped = [], [], time.time(), 0, 0, False
+    tr.counts = {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
+    bar = tqdm(tr.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or tr.rank != 0,
+               leave=False)
+    for clips, labels, bad_paths in bar:
+        bad += bad_paths
+        if clips is None:
+            continue
+        clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=tr.amp_dtype, enabled=tr.amp_dtype is not None):
+            loss = F.cross_entropy(tr.ddp_model(clips), labels) / args.grad_accum
+        loss_value = loss.item() * args.grad_accum
+        if not _finite_everywhere(tr, loss_value):
+            _nonfinite(tr, f"non-finite training loss ({loss_value} on this rank)" if tr.world > 1 else
+                       f"non-finite training loss ({loss_value})", epoch)
+            continue  # this micro-batch adds nothing to the pending accumulation
+        tr.scaler.scale(loss).backward()
+        pending += 1
+        if pending == args.grad_accum:
+            _update(tr, epoch)
+            pending = 0
+        losses.append(loss_value)
+        n_clips += len(labels)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
+        if tr.max_steps_reached():
+            stopped = True
+            break
+    if pending:  # micro-batches left over from an incomplete accumulation: step on them too
+        _update(tr, epoch)
+    dt = time.time() - t0
+    if bad and tr.rank == 0:
+        print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+           "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9), "train_bad": len(bad),
+           **tr.counts}
+    return rec, EpochStats(dt, n_clips * tr.world, stopped)
+
+
+def save_checkpoint(tr: Trainer, epoch: int) -> None:
+    """``last.pt`` (atomically; tensors and plain types only, so it loads with ``weights_only=True``),
+    then ``metrics.jsonl`` rewritten from the records it holds."""
+    trainable = {n: p.detach() for n, p in tr.model.named_parameters() if p.requires_grad}
+    plain_args = json.loads(json.dumps(vars(tr.args), default=str))  # Paths as str
+    atomic_save({"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
+                 "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
+                 "rng": _rng_state(), "args": plain_args}, tr.ckpt_path)
+    tr.last_good = f"{tr.ckpt_path} (after epoch {epoch + 1}, step {tr.step})"
+    _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
+
+
+def train_epochs(tr: Trainer) -> tuple[float, int]:
+    """Epochs from ``tr.start_epoch`` to ``--epochs`` (or ``--max-steps``), each validated when due and
+    checkpointed. Returns (training seconds, clips trained on, all ranks)."""
+    args = tr.args
+    train_time, train_clips = 0.0, 0
+    done = tr.max_steps_reached()
+    for epoch in range(tr.start_epoch, args.epochs):
         if done:
             break
-        train_loader.set_epoch(epoch)
-        model.train()
-        losses, bad, t0, n_clips, pending = [], [], time.time(), 0, 0
-        counts = {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or rank != 0,
-                   leave=False)
-        for clips, labels, bad_paths in bar:
-            bad += bad_paths
-            if clips is None:
-                continue
-            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(ddp_model(clips), labels) / args.grad_accum
-            loss_value = loss.item() * args.grad_accum
-            finite = math.isfinite(loss_value)
-            if world > 1:  # every rank must skip (or stop) together, or DDP's gradient all-reduce hangs
-                flag = torch.tensor([float(finite)], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-                finite = bool(flag.item())
-            if not finite:
-                nonfinite(f"non-finite training loss ({loss_value} on this rank)" if world > 1 else
-                          f"non-finite training loss ({loss_value})", epoch)
-                continue  # this micro-batch adds nothing to the pending accumulation
-            scaler.scale(loss).backward()
-            pending += 1
-            if pending == args.grad_accum:
-                update(epoch)
-                pending = 0
-            losses.append(loss_value)
-            n_clips += len(labels)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
-            if args.max_steps is not None and step >= args.max_steps:
-                done = True
-                break
-        if pending:  # micro-batches left over from an incomplete accumulation: step on them too
-            update(epoch)
-        dt = time.time() - t0
-        train_time += dt
-        train_clips += n_clips * world
-        rec = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "lr": sched.get_last_lr()[0], "clips_per_s": n_clips * world / max(dt, 1e-9), "train_bad": len(bad),
-               **counts}
+        rec, stats = train_epoch(tr, epoch)
+        train_time += stats.time_s
+        train_clips += stats.clips
+        done = stats.reached_max_steps
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs or done:
-            rec.update(evaluate(model, val_loader, device, amp_dtype))
-        if bad and rank == 0:
-            print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
-        metrics.append(rec)
-        if rank == 0:
-            trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            # plain types only (Paths as str): last.pt loads with weights_only=True
-            plain_args = json.loads(json.dumps(vars(args), default=str))
-            _atomic_save({"trainable": trainable, "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "metrics": metrics,
-                          "rng": _rng_state(), "args": plain_args}, ckpt_path)
-            last_good = f"{ckpt_path} (after epoch {epoch + 1}, step {step})"
-            _write_metrics(out / "metrics.jsonl", metrics)
+            rec.update(evaluate(tr.model, tr.val_loader, tr.device, tr.amp_dtype))
+        tr.metrics.append(rec)
+        if tr.rank == 0:
+            save_checkpoint(tr, epoch)
             if not args.quiet:
-                msg = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}
-                print(json.dumps(msg), flush=True)
-    last_val = next((m for m in reversed(metrics) if "val_top1" in m), {})
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
+    return train_time, train_clips
+
+
+def write_outputs(tr: Trainer, train_time: float, train_clips: int, t_start: float) -> dict:
+    """The run's summary (also ``summary.json``), ``curves.png`` and ``adapters.safetensors``."""
+    from .checkpoint import save_adapters
+
+    last_val = next((m for m in reversed(tr.metrics) if "val_top1" in m), {})
+    peak = torch.cuda.max_memory_allocated(tr.device) if tr.device.type == "cuda" else None
     summary = {"val_top1": last_val.get("val_top1"), "val_top5": last_val.get("val_top5"),
                "clips_per_s": train_clips / train_time if train_time else None,
                "peak_memory_mb": peak / 2 ** 20 if peak else None, "time_s": time.time() - t_start,
-               "epochs": len(metrics), "steps": step, "method": args.method, "loader": loader_kind,
-               "device": str(device), "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        _plot(metrics, out / "curves.png")
-        if args.method != "frame-only":
-            save_adapters(model, out / "adapters.safetensors")
+               "epochs": len(tr.metrics), "steps": tr.step, "method": tr.args.method, "loader": tr.loader_kind,
+               "device": str(tr.device),
+               "trainable_params": sum(p.numel() for p in tr.model.parameters() if p.requires_grad)}
+    if tr.rank == 0:
+        (tr.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        _plot(tr.metrics, tr.out / "curves.png")
+        if tr.args.method != "frame-only":
+            save_adapters(tr.model, tr.out / "adapters.safetensors")
+    return summary
+
+
+def run(args) -> dict:
+    """Train as ``args`` say; returns the summary."""
+    rank, world, local_rank, device = init_process(args)
+    train_items, val_items, num_classes = load_datasets(args, rank, world)
+    tr = build_trainer(args, train_items, val_items, num_classes, rank, world, local_rank, device)
+    if args.resume:
+        resume(tr)
+    t_start = time.time()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_time, train_clips = train_epochs(tr)
+    summary = write_outputs(tr, train_time, train_clips, t_start)
     if world > 1:
         torch.distributed.destroy_process_group()
     return summary

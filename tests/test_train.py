@@ -97,8 +97,8 @@ def test_damaged_or_hostile_checkpoint_is_refused_and_kept(data, tmp_path):
         assert not marker.exists(), "unpickling ran code"
 
 
-def test_load_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
-    from stadapter_fast.train import _load_checkpoint
+def testload_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
+    from stadapter_fast.train import load_checkpoint
 
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters())
@@ -110,7 +110,7 @@ def test_load_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
                 "sched": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": 0, "step": 1, "metrics": [],
                 "rng": {}}, ckpt)
     with pytest.raises(ValueError, match=r"tensor bias is \(2,\)"):
-        _load_checkpoint(ckpt, model, opt, sched, scaler)
+        load_checkpoint(ckpt, model, opt, sched, scaler)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 
 
@@ -126,13 +126,35 @@ def test_nonfinite_loss_stops_with_the_step_or_is_skipped_and_counted(data, tmp_
 
 
 @pytest.mark.parametrize("method", ["st-adapter", "m-adapter"])
-def test_adapter_path_options(data, tmp_path, method):
+def test_kernel_path_options(data, tmp_path, method):
     s = main(args(data, tmp_path, "--loader", "pyav", "--method", method, "--epochs", "1", "--max-steps", "1",
-                  "--adapter-path", "one_pass", "--no-recompute"))
+                  "--kernel-path", "one_pass", "--no-recompute"))
     assert s["steps"] == 1
     meta = read_adapter_metadata(tmp_path / "adapters.safetensors")
     if method == "st-adapter":
         assert (meta["adapter_config"]["path"], meta["adapter_config"]["recompute"]) == ("one_pass", False)
+
+
+def test_kernel_path_flag_and_its_deprecated_alias():
+    """--adapter-path (the former name) still parses, into the same value, and is hidden from --help."""
+    from stadapter_fast.train import build_parser
+
+    ap = build_parser()
+    assert ap.parse_args([]).kernel_path == "auto"
+    for path in ("two_pass", "one_pass"):
+        assert ap.parse_args(["--kernel-path", path]).kernel_path == ap.parse_args(["--adapter-path", path]).kernel_path == path
+    assert "--kernel-path" in ap.format_help() and "--adapter-path" not in ap.format_help()
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--kernel-path", "three_pass"])
+
+
+def test_help_reads_in_sections():
+    from stadapter_fast.train import build_parser
+
+    titles = [g.title for g in build_parser()._action_groups]
+    for section in ("data", "clips: sampling and augmentation", "model", "optimisation", "run and checkpoints"):
+        assert section in titles
+    assert all(g._group_actions for g in build_parser()._action_groups if g.title != "positional arguments")
 
 
 def test_frame_only_baseline_trains_only_the_head(data, tmp_path):
@@ -184,10 +206,10 @@ def test_half_backbone_defaults_to_autocast(data, tmp_path):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_optimizer_step_reports_nonfinite_gradients(scaled):
+def testoptimizer_step_reports_nonfinite_gradients(scaled):
     """An inf gradient: without a GradScaler nothing updates and the step is "nonfinite"; with fp16's
     GradScaler the scaler skips the update as designed and the step is reported "amp_skipped"."""
-    from stadapter_fast.train import _optimizer_step
+    from stadapter_fast.train import optimizer_step
 
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -196,13 +218,13 @@ def test_optimizer_step_reports_nonfinite_gradients(scaled):
     before = [p.detach().clone() for p in model.parameters()]
     scaler.scale(model(torch.randn(3, 2)).sum()).backward()
     model.weight.grad[0, 0] = float("inf")
-    step, outcome = _optimizer_step(opt, sched, scaler, 7)
+    step, outcome = optimizer_step(opt, sched, scaler, 7)
     assert (step, outcome) == ((8, "amp_skipped") if scaled else (7, "nonfinite"))
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert all(p.grad is None for p in model.parameters())
     # a finite step updates
     scaler.scale(model(torch.randn(3, 2)).sum()).backward()
-    assert _optimizer_step(opt, sched, scaler, step)[1] == "ok"
+    assert optimizer_step(opt, sched, scaler, step)[1] == "ok"
     assert not torch.equal(model.weight, before[0])
 
 

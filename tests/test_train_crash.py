@@ -46,9 +46,9 @@ def wrap(name):
     setattr(tr, name, wrapped)
 
 if point in ("step", "eval"):
-    wrap({"step": "_optimizer_step", "eval": "evaluate"}[point])
+    wrap({"step": "optimizer_step", "eval": "evaluate"}[point])
 elif point == "save":
-    save = tr._atomic_save
+    save = tr.atomic_save
     def wrapped_save(obj, path):
         if hit():
             tmp = path.with_name(path.name + ".tmp")
@@ -57,7 +57,7 @@ elif point == "save":
             tmp.write_bytes(data[: len(data) // 2])
             die()
         return save(obj, path)
-    tr._atomic_save = wrapped_save
+    tr.atomic_save = wrapped_save
 tr.main(argv)
 """
 

@@ -28,17 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._backend import BACKENDS, check_path_options, resolve_backend, resolve_path
+from .checks import check_int
 from .modules import check_tokens
 from .ops.adapter_onepass import adapter_onepass
 from .ops.dwconv_tokens import (act_fwd, check_grid_size, check_kernel_size, check_num_prefix_tokens,
                                 normalize_act, st_adapter_conv)
 from .ops.fc2_residual import fc2_residual
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 class _MMAction2Base(nn.Module):
@@ -50,7 +45,7 @@ class _MMAction2Base(nn.Module):
         kernel_size = check_kernel_size(kernel_size)
         for name, v in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("img_size", img_size),
                         ("patch_size", patch_size)):
-            _positive_int(name, v)
+            check_int(name, v)
         if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob < 1:
             raise ValueError(f"drop_prob must be a number in [0, 1), got {drop_prob!r}")
         check_num_prefix_tokens(num_prefix_tokens)
@@ -82,6 +77,15 @@ class _MMAction2Base(nn.Module):
         grid = check_tokens(xt, t, self.linear1.weight, self.num_prefix_tokens, self.grid_size)
         return (None if t == 1 else grid), xt
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid, xt = self._tokens(x)
+        return x if grid is None else self._adapt(x, xt, grid)
+
+    def _adapt(self, x: torch.Tensor, xt: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The adapter on ``x: [b, t, l, c]`` (``xt``: the same as ``[b*t, l, c]``) of ``t > 1`` frames
+        with the patch grid ``grid``."""
+        raise NotImplementedError
+
     def drop_factor(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Per-clip drop-path factor ``mask / (1 - drop_prob)`` ([b], x's dtype), or None (eval, or
         ``drop_prob == 0``). Drawn as timm's ``DropPath`` draws it: one Bernoulli per sample, in x's
@@ -97,11 +101,8 @@ class MMAction2STAdapterReference(_MMAction2Base):
     of the tests and the benchmarks' baseline for this variant. Same constructor (mmaction2's
     arguments, then keyword options) and state_dict as :class:`FastMMAction2STAdapter`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid, _ = self._tokens(x)
-        if grid is None:
-            return x
-        (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
+    def _adapt(self, x: torch.Tensor, xt: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        (H, W), (b, t), P = grid, x.shape[:2], self.num_prefix_tokens
         u = self.linear1(x)
         tokens = u[:, :, P:, :].reshape(b, t, H, W, -1).permute(0, 4, 1, 2, 3).contiguous()
         tokens = self.conv(tokens).permute(0, 2, 3, 4, 1).reshape(b, t, H * W, -1)
@@ -137,10 +138,7 @@ class FastMMAction2STAdapter(_MMAction2Base):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}, path={self.path!r}, recompute={self.recompute}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid, xt = self._tokens(x)
-        if grid is None:
-            return x
+    def _adapt(self, x: torch.Tensor, xt: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         (H, W), (b, t, l, c), P = grid, x.shape, self.num_prefix_tokens
         d = self.drop_factor(x)
         r = self.scale.expand(b) if d is None else self.scale * d.to(self.scale.dtype)

@@ -22,20 +22,19 @@ def _comparable(v):
 
 
 def _describe(model: nn.Module) -> dict:
-    from .integration import VideoClassifier, _Arch
+    from .integration import BackboneArch, VideoClassifier
     from .madapter import MAdapterVideoClassifier
 
     if isinstance(model, MAdapterVideoClassifier):
-        return {"format": FORMAT, "backbone": _Arch(model.backbone).signature(),
-                "m_adapter_config": model.m_adapter_config.to_dict(),
-                "head": {"num_classes": model.num_classes, "num_frames": model.num_frames, "pool": model.pool}}
-
-    backbone = model.backbone if isinstance(model, VideoClassifier) else model
-    cfg = getattr(backbone, "st_adapter_config", None)
-    if cfg is None:
-        raise ValueError(f"{type(model).__name__} has no ST-Adapters (add_st_adapters was not applied)")
-    meta = {"format": FORMAT, "backbone": _Arch(backbone).signature(), "adapter_config": cfg.to_dict()}
-    if isinstance(model, VideoClassifier):
+        backbone, config = model.backbone, {"m_adapter_config": model.m_adapter_config.to_dict()}
+    else:
+        backbone = model.backbone if isinstance(model, VideoClassifier) else model
+        cfg = getattr(backbone, "st_adapter_config", None)
+        if cfg is None:
+            raise ValueError(f"{type(model).__name__} has no ST-Adapters (add_st_adapters was not applied)")
+        config = {"adapter_config": cfg.to_dict()}
+    meta = {"format": FORMAT, "backbone": BackboneArch(backbone).signature(), **config}
+    if isinstance(model, (VideoClassifier, MAdapterVideoClassifier)):
         meta["head"] = {"num_classes": model.num_classes, "num_frames": model.num_frames, "pool": model.pool}
     return meta
 

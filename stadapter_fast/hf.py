@@ -21,6 +21,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .checks import is_int
+
 
 @dataclass(frozen=True)
 class Family:
@@ -103,7 +105,8 @@ def _get_path(m: nn.Module, path: str):
 
 class HFTower:
     """What :func:`add_st_adapters` needs of a transformers vision model, read off the model and its
-    config: the encoder layers, width, prefix tokens, patch grid, final norm."""
+    config: the encoder layers, width, prefix tokens, patch grid, final norm, and the embedding step
+    (:meth:`embed`; :class:`stadapter_fast.integration.BackboneArch` runs the layers after it)."""
 
     def __init__(self, model: nn.Module):
         core = model
@@ -145,13 +148,6 @@ class HFTower:
             x = getattr(self.core, self.family.pre_norm)(x)
         return x
 
-    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last encoder layer, before the final norm: ``[N, L, C]``."""
-        x = self.embed(frames)
-        for layer in self.container:
-            x = layer(x, None)  # no attention mask (CLIP's layer takes it positionally, without a default)
-        return x
-
 
 def _version() -> str:
     import transformers
@@ -180,10 +176,8 @@ def layer_attributes(family: Family) -> tuple:
 def set_input_size(model: nn.Module, input_size: Union[int, tuple]) -> None:
     """Run ``model`` (an HF vision model, before :func:`add_st_adapters`) on frames of ``input_size``:
     an int or (H, W). Its position embeddings are interpolated from the config's size."""
-    ok = (isinstance(input_size, int) and not isinstance(input_size, bool) and input_size > 0) or (
-        isinstance(input_size, (tuple, list)) and len(input_size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_size))
-    if not ok:
+    if not (is_int(input_size) or (isinstance(input_size, (tuple, list)) and len(input_size) == 2
+                                   and all(is_int(s) for s in input_size))):
         raise ValueError(f"input_size must be a positive int or a pair (H, W) of positive ints, got {input_size!r}")
     if getattr(model, "st_adapter_config", None) is not None:
         raise ValueError("input_size must be set before add_st_adapters (the adapters' grid depends on it)")

@@ -23,10 +23,13 @@ from torch import nn
 
 from . import hf
 from ._backend import check_path_options
+from .checks import check_int, is_int
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import check_kernel_size, normalize_act
 
 POSITIONS = ("pre_attn", "pre_mlp")
+#: ``input_layout`` of the video classifiers: channels then time (the release's), or time then channels
+INPUT_LAYOUTS = ("BCTHW", "BTCHW")
 
 
 @dataclass
@@ -63,8 +66,7 @@ class STAdapterConfig:
     backbone_dtype: Optional[torch.dtype] = None
 
     def __post_init__(self):
-        if isinstance(self.adapter_channels, bool) or not isinstance(self.adapter_channels, int) or self.adapter_channels < 1:
-            raise ValueError(f"adapter_channels must be a positive int, got {self.adapter_channels!r}")
+        check_int("adapter_channels", self.adapter_channels)
         self.kernel_size = check_kernel_size(self.kernel_size)
         self.act = None if normalize_act(self.act) == "none" else self.act
         if isinstance(self.positions, str):
@@ -75,7 +77,7 @@ class STAdapterConfig:
         if self.impl not in ("fast", "reference"):
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
         check_path_options(self.path, self.recompute)
-        if not (self.layers == "all" or (isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers >= 1)
+        if not (self.layers == "all" or is_int(self.layers)
                 or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))):
             raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a list of block indices, "
                              f"got {self.layers!r}")
@@ -112,8 +114,18 @@ class FrameContext:
         self.num_frames = num_frames
 
 
-class _Arch:
-    """What differs between timm, open_clip and transformers ViTs, read off the model."""
+class BackboneArch:
+    """A timm, open_clip or transformers ViT as the adapters and classifiers see it, read off the model.
+
+    Attributes: ``kind`` ("timm", "open_clip" or "hf"), ``model`` (the image tower: open_clip's
+    ``.visual``, a transformers model's core), ``container`` (the ``nn.ModuleList`` / ``nn.Sequential``
+    of blocks, where adapter wrappers go), ``depth``, ``width``, ``num_prefix_tokens`` (class and
+    register tokens), ``grid`` (patch grid ``(H, W)``), ``has_cls``, ``final_norm``, ``name``; for "hf",
+    ``hf`` (the :class:`stadapter_fast.hf.HFTower`).
+
+    :meth:`block_tokens` runs frames through the tower: the one place that knows each library's
+    embedding and block calls; :meth:`frame_tokens` is its output after the last block.
+    """
 
     def __init__(self, model: nn.Module):
         if hasattr(model, "visual") and hasattr(model.visual, "transformer"):
@@ -153,15 +165,44 @@ class _Arch:
         return {"name": self.name, "kind": self.kind, "width": self.width, "depth": self.depth,
                 "grid": list(self.grid), "num_prefix_tokens": self.num_prefix_tokens}
 
-    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block, before the final norm: [B*T, L, C]."""
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """Tokens before the first block: ``[N, L, C]`` for frames ``[N, 3, H, W]``."""
         m = self.model
         if self.kind == "timm":
-            x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
-            return m.blocks(x)
+            return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
         if self.kind == "hf":
-            return self.hf.frame_tokens(frames)
-        return m.transformer(m._embeds(frames))
+            return self.hf.embed(frames)
+        return m._embeds(frames)
+
+    def block_tokens(self, frames: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Tokens ``[N, L, C]`` after each block in ``indices`` (ascending, in ``[0, depth)``), for frames
+        ``[N, 3, H, W]``; blocks past the deepest one do not run.
+
+        Blocks are called as their library's encoder calls them: transformers layers with no attention
+        mask, an open_clip transformer's blocks in its layout (sequence-first unless ``batch_first``)
+        and with its activation checkpointing (``set_grad_checkpointing``) when gradients are on."""
+        x, want, out = self.embed(frames), set(indices), []
+        tr = self.model.transformer if self.kind == "open_clip" else None
+        seq_first = tr is not None and not getattr(tr, "batch_first", True)
+        ckpt = tr is not None and getattr(tr, "grad_checkpointing", False) and torch.is_grad_enabled()
+        if seq_first:
+            x = x.transpose(0, 1)  # NLD -> LND
+        for i, blk in enumerate(self.container):
+            if self.kind == "hf":
+                x = blk(x, None)  # CLIP's layer takes the mask positionally, without a default
+            elif ckpt:
+                x = torch.utils.checkpoint.checkpoint(blk, x, None, None, None, use_reentrant=False)
+            else:
+                x = blk(x)
+            if i in want:
+                out.append(x.transpose(0, 1) if seq_first else x)
+            if i >= indices[-1]:
+                break
+        return out
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block, before the final norm: [B*T, L, C]."""
+        return self.block_tokens(frames, [self.depth - 1])[0]
 
 
 class STAdapterBlock(nn.Module):
@@ -250,7 +291,7 @@ def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, 
     cfg = cfg or STAdapterConfig()
     if getattr(backbone, "st_adapter_config", None) is not None:
         raise ValueError("backbone already has ST-Adapters (st_adapter_config is set)")
-    arch = _Arch(backbone)
+    arch = BackboneArch(backbone)
     if cfg.backbone_dtype is not None:
         backbone.to(cfg.backbone_dtype)
     if cfg.freeze_backbone:
@@ -309,6 +350,38 @@ def adapter_parameter_count(in_channels: int, cfg: STAdapterConfig, num_adapters
     return num_adapters * (2 * C * Ca + Ca + Ca * math.prod(cfg.kernel_size) + Ca + C)
 
 
+def check_input_layout(input_layout: str) -> str:
+    """``input_layout`` if it is one of :data:`INPUT_LAYOUTS`, else a ValueError."""
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(f"input_layout must be 'BCTHW' or 'BTCHW', got {input_layout!r}")
+    return input_layout
+
+
+def video_frames(video: torch.Tensor, input_layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """The frames of ``video`` (``[B, C, T, H, W]`` for ``input_layout="BCTHW"``, ``[B, T, C, H, W]`` for
+    "BTCHW") as one batch ``[B*T, C, H, W]`` in ``dtype`` (the backbone's), and T."""
+    if video.dim() != 5:
+        raise ValueError(f"video must be 5-D ({input_layout}), got shape {tuple(video.shape)}")
+    if input_layout == "BCTHW":
+        video = video.transpose(1, 2)
+    B, T = video.shape[:2]
+    return video.reshape(B * T, *video.shape[2:]).to(dtype), T
+
+
+def classifier_head(width: int, num_classes: int) -> nn.Linear:
+    """The classifiers' ``Linear`` head: weights N(0, 0.02), zero bias (the release's init)."""
+    head = nn.Linear(width, num_classes)
+    nn.init.normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def head_logits(head: nn.Linear, dropout: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+    """``head(dropout(feat))`` in fp32 with autocast off (the head is tiny): fp32 logits."""
+    with torch.autocast(feat.device.type, enabled=False):
+        return head(dropout(feat.float()))
+
+
 class VideoClassifier(nn.Module):
     """Video classifier on an image ViT with ST-Adapters, as in the release.
 
@@ -319,56 +392,43 @@ class VideoClassifier(nn.Module):
     ``forward(video)``: ``video`` is ``[B, C, T, H, W]`` (channels, then time: the release's
     layout) or, with ``input_layout="BTCHW"``, ``[B, T, C, H, W]``. Returns ``[B, num_classes]``
     fp32 logits.
+
+    ``arch`` is the backbone's :class:`BackboneArch` (width, prefix tokens, final norm, ...).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int = 8, dropout: float = 0.5,
                  pool: str = "auto", input_layout: str = "BCTHW"):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if input_layout not in ("BCTHW", "BTCHW"):
-            raise ValueError(f"input_layout must be 'BCTHW' or 'BTCHW', got {input_layout!r}")
+        check_int("num_classes", num_classes)
+        check_input_layout(input_layout)
         if pool not in ("auto", "cls", "mean"):
             raise ValueError(f"pool must be 'auto', 'cls' or 'mean', got {pool!r}")
         self.backbone = backbone
-        self._arch = _Arch(backbone)
-        if pool == "cls" and not self._arch.has_cls:
-            raise ValueError(f"pool='cls' but {self._arch.name} has no class token; use pool='mean'")
-        self.pool = ("cls" if self._arch.has_cls else "mean") if pool == "auto" else pool
+        self.arch = BackboneArch(backbone)
+        if pool == "cls" and not self.arch.has_cls:
+            raise ValueError(f"pool='cls' but {self.arch.name} has no class token; use pool='mean'")
+        self.pool = ("cls" if self.arch.has_cls else "mean") if pool == "auto" else pool
         self.num_frames, self.num_classes, self.input_layout = num_frames, num_classes, input_layout
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self._arch.width, num_classes)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = classifier_head(self.arch.width, num_classes)
         if getattr(backbone, "st_adapter_frames", None) is not None:
             backbone.st_adapter_frames.num_frames = num_frames
 
-    def _frames(self, video: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if video.dim() != 5:
-            raise ValueError(f"video must be 5-D ({self.input_layout}), got shape {tuple(video.shape)}")
-        if self.input_layout == "BCTHW":
-            video = video.transpose(1, 2)
-        B, T = video.shape[:2]
-        dtype = next(self.backbone.parameters()).dtype
-        return video.reshape(B * T, *video.shape[2:]).to(dtype), T
-
     def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame tokens after the last block (before the final norm): [B*T, L, C]."""
-        frames, T = self._frames(video)
+        frames, T = video_frames(video, self.input_layout, next(self.backbone.parameters()).dtype)
         ctx = getattr(self.backbone, "st_adapter_frames", None)
         if ctx is not None:
             ctx.num_frames = T
-        return self._arch.frame_tokens(frames)
+        return self.arch.frame_tokens(frames)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         B = video.shape[0]
         tokens = self.frame_tokens(video)
-        P = self._arch.num_prefix_tokens
+        P = self.arch.num_prefix_tokens
         feat = tokens[:, 0] if self.pool == "cls" else tokens[:, P:].mean(1)
         feat = feat.reshape(B, -1, feat.shape[-1]).mean(1)
-        feat = self._arch.final_norm(feat)
-        with torch.autocast(feat.device.type, enabled=False):  # the (tiny) head in fp32: fp32 logits
-            return self.head(self.dropout(feat.float()))
+        return head_logits(self.head, self.dropout, self.arch.final_norm(feat))
 
 
 def create_backbone(name: str, pretrained: Union[bool, str] = False, **kwargs) -> nn.Module:

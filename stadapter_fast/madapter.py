@@ -34,7 +34,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .integration import _Arch
+from .checks import check_int, is_int
+from .integration import BackboneArch, check_input_layout, classifier_head, head_logits, video_frames
 from .modules import FastSTAdapter, STAdapterReference
 from .ops.dwconv_tokens import check_kernel_size, normalize_act
 
@@ -63,15 +64,13 @@ class MAdapterConfig:
     backbone_dtype: Optional[torch.dtype] = None
 
     def __post_init__(self):
-        if isinstance(self.levels, bool) or not (
-                (isinstance(self.levels, int) and self.levels >= 1)
+        if not (is_int(self.levels)
                 or (isinstance(self.levels, (list, tuple)) and self.levels and all(isinstance(i, int) for i in self.levels))):
             raise ValueError(f"levels must be a positive int (every k-th block) or a non-empty list of block "
                              f"indices, got {self.levels!r}")
         if isinstance(self.levels, list):
             self.levels = tuple(self.levels)
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 2:
-            raise ValueError(f"width must be an int >= 2, got {self.width!r}")
+        check_int("width", self.width, minimum=2)
         self.kernel_size = check_kernel_size(self.kernel_size)
         normalize_act(self.act)
         if self.fusion not in ("add", "gate"):
@@ -125,50 +124,27 @@ class MAdapter(nn.Module):
         return self.temporal(u, T)
 
 
-def _level_tokens(arch: _Arch, frames: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
-    """Outputs ``[B*T, L, C]`` of the chosen blocks (stops after the deepest one)."""
-    m, want, out = arch.model, set(levels), []
-    if arch.kind == "timm":
-        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(frames))))
-        blocks, batch_first = m.blocks, True
-    elif arch.kind == "hf":
-        x, blocks, batch_first = arch.hf.embed(frames), arch.container, True
-    else:
-        x = m._embeds(frames)
-        blocks, batch_first = m.transformer.resblocks, getattr(m.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-    for i, blk in enumerate(blocks):
-        x = blk(x, None) if arch.kind == "hf" else blk(x)  # hf: no attention mask
-        if i in want:
-            out.append(x if batch_first else x.transpose(0, 1))
-        if i >= levels[-1]:
-            break
-    return out
-
-
 class MAdapterVideoClassifier(nn.Module):
     """Video classifier with an M-Adapter side branch on a frozen timm / open_clip / transformers ViT.
 
     ``forward(video)``: ``[B, C, T, H, W]`` (or ``[B, T, C, H, W]`` with ``input_layout="BTCHW"``) ->
     ``[B, num_classes]`` fp32 logits. The backbone runs under ``torch.no_grad()``.
+
+    ``arch`` is the backbone's :class:`~stadapter_fast.integration.BackboneArch`.
     """
 
     def __init__(self, backbone: nn.Module, cfg: Optional[MAdapterConfig] = None, num_classes: int = 400,
                  num_frames: int = 8, dropout: float = 0.5, input_layout: str = "BCTHW"):
         super().__init__()
         cfg = cfg or MAdapterConfig()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if input_layout not in ("BCTHW", "BTCHW"):
-            raise ValueError(f"input_layout must be 'BCTHW' or 'BTCHW', got {input_layout!r}")
+        check_int("num_classes", num_classes)
+        check_input_layout(input_layout)
         self.backbone = backbone
-        self._arch = _Arch(backbone)
-        self.levels = cfg.resolve_levels(self._arch.depth)
+        self.arch = arch = BackboneArch(backbone)
+        self.levels = cfg.resolve_levels(arch.depth)
         if cfg.backbone_dtype is not None:
             backbone.to(cfg.backbone_dtype)
         backbone.requires_grad_(False)
-        arch = self._arch
         self.m_adapter_config = cfg
         self.branch = nn.ModuleList(MAdapter(arch.width, cfg, arch.num_prefix_tokens, arch.grid, first=i == 0)
                                     for i in range(len(self.levels)))
@@ -178,9 +154,7 @@ class MAdapterVideoClassifier(nn.Module):
         self.num_frames, self.num_classes, self.input_layout = num_frames, num_classes, input_layout
         self.norm = nn.LayerNorm(cfg.width)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(cfg.width, num_classes)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = classifier_head(cfg.width, num_classes)
         ref = next(backbone.parameters())
         self.branch.to(ref.device)
         self.norm.to(ref.device)
@@ -193,14 +167,9 @@ class MAdapterVideoClassifier(nn.Module):
 
     def level_features(self, video: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """The frozen backbone's tokens at the chosen levels (no autograd graph), and T."""
-        if video.dim() != 5:
-            raise ValueError(f"video must be 5-D ({self.input_layout}), got shape {tuple(video.shape)}")
-        if self.input_layout == "BCTHW":
-            video = video.transpose(1, 2)
-        B, T = video.shape[:2]
-        frames = video.reshape(B * T, *video.shape[2:]).to(next(self.backbone.parameters()).dtype)
+        frames, T = video_frames(video, self.input_layout, next(self.backbone.parameters()).dtype)
         with torch.no_grad():
-            feats = _level_tokens(self._arch, frames, self.levels)
+            feats = self.arch.block_tokens(frames, self.levels)
         return feats, T
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -209,7 +178,5 @@ class MAdapterVideoClassifier(nn.Module):
         s = None
         for m, f in zip(self.branch, feats):
             s = m(f.to(m.proj.weight.dtype), s, T)  # e.g. an fp16 backbone feeding an fp32 branch
-        feat = s[:, self._arch.num_prefix_tokens:].mean(1)
-        feat = self.norm(feat.reshape(B, T, -1).mean(1))
-        with torch.autocast(feat.device.type, enabled=False):
-            return self.head(self.dropout(feat.float()))
+        feat = s[:, self.arch.num_prefix_tokens:].mean(1)
+        return head_logits(self.head, self.dropout, self.norm(feat.reshape(B, T, -1).mean(1)))

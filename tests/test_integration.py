@@ -52,7 +52,7 @@ def test_identity_at_init_timm(make, positions):
     v = video(H=H, W=W)
     frames = v.transpose(1, 2).reshape(-1, 3, H, W)
     expected = plain.forward_features(frames)
-    got = clf._arch.final_norm(clf.frame_tokens(v))
+    got = clf.arch.final_norm(clf.frame_tokens(v))
     assert torch.allclose(got, expected, atol=1e-6, rtol=0), (got - expected).abs().max()
 
 
@@ -62,7 +62,7 @@ def test_identity_at_init_open_clip_vit_b16():
     clf = VideoClassifier(model, num_classes=5, num_frames=4).eval()
     v = video()
     expected = plain(v.transpose(1, 2).reshape(-1, 3, 32, 32))  # pooled class token @ proj
-    got = clf._arch.final_norm(clf.frame_tokens(v))[:, 0] @ model.proj
+    got = clf.arch.final_norm(clf.frame_tokens(v))[:, 0] @ model.proj
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
 
 
@@ -94,7 +94,7 @@ def test_fast_and_reference_adapters_agree(make):
     ref = VideoClassifier(add_st_adapters(make(), STAdapterConfig(impl="reference", **cfg)), 3, 4).eval()
     randomize_trainable(ref)
     fast = copy.deepcopy(ref)
-    assert swap_adapters(fast) == 2 * ref._arch.depth
+    assert swap_adapters(fast) == 2 * ref.arch.depth
     assert any(isinstance(m, STAdapterReference) for m in ref.modules())
     assert not any(type(m) is STAdapterReference for m in fast.modules())
     assert any(isinstance(m, FastSTAdapter) for m in fast.modules())
@@ -279,7 +279,7 @@ def test_damaged_adapter_files_are_named_and_change_nothing(tmp_path):
             **h, "__metadata__": {"stadapter_fast": "{not json"}}), r"metadata is not valid JSON"),
     }
     for i, (name, (make, why)) in enumerate(cases.items()):
-        bad = make(tmp_path / f"bad{i}.safetensors")
+        make(tmp_path / f"bad{i}.safetensors")
         with pytest.raises(ValueError, match=rf"bad{i}.safetensors: .*{why}"):
             load_adapters(target, tmp_path / f"bad{i}.safetensors")
         for n, p in target.named_parameters():
@@ -291,7 +291,7 @@ def test_damaged_adapter_files_are_named_and_change_nothing(tmp_path):
 def test_torchvision_shim_only_acts_on_the_known_failure(monkeypatch):
     import builtins
 
-    from stadapter_fast import _compat
+    from stadapter_fast import ensure_torchvision_importable
 
     real_import = builtins.__import__
 
@@ -305,7 +305,7 @@ def test_torchvision_shim_only_acts_on_the_known_failure(monkeypatch):
         monkeypatch.delitem(sys.modules, k)
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(RuntimeError, match="some other torchvision problem"):
-        _compat.ensure_torchvision_importable()
+        ensure_torchvision_importable()
 
 
 @pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])

@@ -78,7 +78,7 @@ def hf_features(plain, tower, frames):
 def our_features(clf, v):
     """The same from the wrapped model's per-frame tokens (CLIP's last_hidden_state is before its
     final norm; the other families' after it)."""
-    arch, tokens = clf._arch, clf.frame_tokens(v)
+    arch, tokens = clf.arch, clf.frame_tokens(v)
     if arch.hf.config.model_type != "clip_vision_model":
         return arch.final_norm(tokens), None
     pooled = arch.final_norm(tokens[:, 0])
@@ -96,7 +96,7 @@ def test_identity_at_init(family, positions):
     plain = make(family)
     clf = VideoClassifier(add_st_adapters(copy.deepcopy(plain), STAdapterConfig(adapter_channels=8, positions=positions)),
                           5, num_frames=3)
-    tower = clf._arch.hf
+    tower = clf.arch.hf
     v = video(tower.input_size)
     assert tower.grid == (tower.input_size[0] // 8, tower.input_size[1] // 8)
     for train in (False, True):
@@ -116,8 +116,8 @@ def test_prefix_tokens_and_pooling():
               "dinov2_registers": (3, "cls"), "vit": (1, "cls")}
     for family, (prefix, pool) in expect.items():
         clf = classifier(family)
-        assert (clf._arch.num_prefix_tokens, clf.pool) == (prefix, pool), family
-        assert clf._arch.signature()["kind"] == "hf"
+        assert (clf.arch.num_prefix_tokens, clf.pool) == (prefix, pool), family
+        assert clf.arch.signature()["kind"] == "hf"
 
 
 # --- training behaviour ---------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_save_load_round_trip(family, tmp_path):
     randomize_trainable(clf, seed=2)
     path = save_adapters(clf, tmp_path / "a.safetensors")
     fresh = classifier(family).eval()
-    v = video(clf._arch.hf.input_size)
+    v = video(clf.arch.hf.input_size)
     assert not torch.equal(fresh(v), clf(v))
     load_adapters(fresh, path)
     assert torch.equal(fresh(v), clf(v))
@@ -175,7 +175,7 @@ def test_fast_and_reference_adapters_agree(family, backend):
                            3, 3).eval()
     randomize_trainable(ref)
     fast.load_state_dict(ref.state_dict())
-    v = video(ref._arch.hf.input_size)
+    v = video(ref.arch.hf.input_size)
     outs = []
     for clf in (ref, fast):
         y = clf(v)
@@ -213,7 +213,7 @@ def test_m_adapter(family, tmp_path):
     cfg = MAdapterConfig(width=8, levels=1, fusion="gate")
     clf = MAdapterVideoClassifier(copy.deepcopy(plain), cfg, num_classes=3, num_frames=3).eval()
     assert clf.levels == [0, 1]
-    tower = clf._arch.hf
+    tower = clf.arch.hf
     v = video(tower.input_size)
     kw = {"interpolate_pos_encoding": True} if tower.interpolate and tower.family.interpolate_kwarg else {}
     hidden = plain(pixel_values=frames_of(v), output_hidden_states=True, **kw).hidden_states
@@ -356,7 +356,7 @@ def test_plain_hf_forward_still_works_after_wrapping():
     randomize_trainable(clf)
     v = video()
     out = clf.backbone(pixel_values=frames_of(v)).last_hidden_state
-    assert torch.allclose(out, clf._arch.final_norm(clf.frame_tokens(v)), atol=1e-6, rtol=0)
+    assert torch.allclose(out, clf.arch.final_norm(clf.frame_tokens(v)), atol=1e-6, rtol=0)
 
 
 def test_hf_tower_reads_projection_model():

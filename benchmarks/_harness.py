@@ -215,9 +215,11 @@ def versions() -> dict:
     return out
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|actual - expected| / max|expected|``, computed in fp64 (the tests' tolerances and the
+    benchmarks' output checks both use it)."""
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
 
 
 # Tolerances for "outputs checked equal before timing": relative to the output's max, per dtype.

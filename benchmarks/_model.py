@@ -11,9 +11,8 @@ from torch import nn
 
 from benchmarks._cases import provider_backend
 from benchmarks._harness import device
-from stadapter_fast import (FastSTAdapter, STAdapterConfig, VideoClassifier, add_st_adapters, set_adapter_path,
-                            swap_adapters)
-from stadapter_fast._compat import ensure_torchvision_importable
+from stadapter_fast import (FastSTAdapter, STAdapterConfig, VideoClassifier, add_st_adapters,
+                            ensure_torchvision_importable, set_adapter_path, swap_adapters)
 
 
 class _Attention(nn.Module):

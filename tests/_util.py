@@ -3,16 +3,14 @@ import os
 
 import torch
 
+from benchmarks._harness import rel_err  # noqa: F401  (tests import it from here)
+
 HAS_CUDA = torch.cuda.is_available()
 TRITON_OK = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 # Relative tolerance, max|a - b| / max|b|, per dtype, against an fp64 reference.
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    a, e = actual.detach().double(), expected.detach().double()
-    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "",

@@ -3,7 +3,7 @@ the L2 flush and graph capture, are checked by tests/test_gpu.py on a GPU)."""
 import json
 import time
 
-from benchmarks import _harness as H
+from benchmarks import _harness as harness
 
 
 def test_measure_reports_device_wall_and_why_no_graph():
@@ -13,13 +13,13 @@ def test_measure_reports_device_wall_and_why_no_graph():
         calls.append(i)
         time.sleep(0.002)
 
-    t = H.measure(fn, warmup=2, rounds=5)
+    t = harness.measure(fn, warmup=2, rounds=5)
     assert calls[:2] == [0, 1] and len(calls) == 2 + 5 + 5  # warm-up, per-call timing, back-to-back
     assert 0.002 <= t.device_s < 0.1 and 0.002 <= t.wall_s < 0.1
     assert t.graph_s is None and t.graph_error == "CUDA graphs need a GPU"
     info = t.info()
     assert info["median_ms"] == info["device_ms"] == t.device_s * 1e3 and info["graph_ms"] is None
-    assert H.measure(fn, 0, 1, graph=False).graph_error == "not requested"
+    assert harness.measure(fn, 0, 1, graph=False).graph_error == "not requested"
 
 
 def test_first_step_script_reports_each_step(tmp_path):

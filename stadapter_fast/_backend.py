@@ -41,7 +41,7 @@ def interpreting() -> bool:
     """Whether Triton kernels run (or will run) in the CPU interpreter."""
     import sys
 
-    mod = sys.modules.get("csrc_triton.dwconv_tokens")
+    mod = sys.modules.get("csrc_triton.common")
     if mod is not None:
         return mod.INTERPRET
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

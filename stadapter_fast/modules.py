@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._backend import BACKENDS, check_path_options, resolve_backend, resolve_path
+from .checks import check_frames, check_int
 from .ops.adapter_onepass import adapter_onepass
-from .ops.dwconv_tokens import _check_conv_args as check_conv_args
-from .ops.dwconv_tokens import (act_fwd, check_grid_size, check_kernel_size, check_num_prefix_tokens,
-                                normalize_act, resolve_grid, st_adapter_conv)
+from .ops.dwconv_tokens import (act_fwd, check_conv_args, check_grid_size, check_kernel_size,
+                                check_num_prefix_tokens, normalize_act, resolve_grid, st_adapter_conv)
 from .ops.fc2_residual import fc2_residual
 
 
@@ -25,9 +25,8 @@ class _STAdapterBase(nn.Module):
                  num_prefix_tokens: int = 1, grid_size: Optional[Sequence[int]] = None,
                  backend: str = "auto") -> None:
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("adapter_channels", adapter_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_int("in_channels", in_channels)
+        check_int("adapter_channels", adapter_channels)
         kernel_size = check_kernel_size(kernel_size)
         check_num_prefix_tokens(num_prefix_tokens)
         if grid_size is not None:
@@ -75,10 +74,7 @@ def check_tokens(x: torch.Tensor, T: int, fc1_weight: torch.Tensor, num_prefix_t
     in_channels = fc1_weight.shape[1]
     if x.shape[2] != in_channels:
         raise ValueError(f"x has {x.shape[2]} channels (x.shape[2]), expected in_channels={in_channels}")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (frames per clip) must be a positive int, got {T!r}")
-    if x.shape[0] % T != 0:
-        raise ValueError(f"x.shape[0] = B*T = {x.shape[0]} is not divisible by T = {T}")
+    check_frames(T, x.shape[0], "x.shape[0] = B*T")
     if x.device != fc1_weight.device:
         raise ValueError(f"x is on {x.device} but the adapter's parameters are on {fc1_weight.device}")
     if not x.dtype.is_floating_point:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stadapter_fast import FastSTAdapter, STAdapterReference, st_adapter_conv
+from stadapter_fast.ops.adapter_onepass import adapter_onepass, adapter_onepass_ref
 from stadapter_fast.ops.dwconv_tokens import st_adapter_conv_ref
 from tests._util import RTOL, assert_close, rel_err
 
@@ -30,6 +31,34 @@ def test_conv_vitb_shape(dtype, ks, act):
     # weight/bias grads reduce over 100k tokens in fp32: allow a little more than one rounding
     for n, a, r in zip(["dh", "dw", "db"], grads, rgrads):
         assert_close(a, r, dtype, n, factor=1.0 if n == "dh" else 4.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("prefix_through", [False, True], ids=["official", "mmaction2"])
+def test_onepass_op_vitb_shape(dtype, prefix_through):
+    """The one-pass op against its fp64 oracle (``adapter_onepass_ref``), forward and every gradient:
+    tensor-core dots at the ViT-B/16 8-frame shape; with ``prefix_through`` mmaction2's variant (prefix
+    rows through act + fc2, a per-clip scale)."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    B, T, C, Ca, ks = 8, 8, 768, 384, (3, 3, 3)
+
+    def r(*shape, s=1.0, dt=torch.float32):
+        return (s * torch.randn(*shape, device="cuda", generator=g)).to(dt).requires_grad_()
+    x, h = r(B * T, 197, C, dt=dtype), r(B * T, 197, Ca, dt=dtype)
+    params = [r(Ca, 1, *ks, s=0.3), r(Ca), r(C, Ca, s=0.05), r(C)]
+    scale = r(B) if prefix_through else None
+    dy = torch.randn(B * T, 197, C, device="cuda", generator=g).to(dtype)
+    ins = [x, h, *params] + ([scale] if prefix_through else [])
+    y = adapter_onepass(x, h, *params, T, 14, 14, 1, "gelu", "triton", prefix_through=prefix_through,
+                        row_scale=scale)
+    grads = torch.autograd.grad(y, ins, dy)
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    ref = adapter_onepass_ref(*ins64[:6], T, 14, 14, 1, "gelu", prefix_through=prefix_through,
+                              row_scale=ins64[6] if prefix_through else None)
+    rgrads = torch.autograd.grad(ref, ins64, dy.double())
+    assert_close(y, ref, dtype, "y")
+    for n, a, b in zip(["dx", "dh", "dwc", "dbc", "dw2", "db2", "dscale"], grads, rgrads):
+        assert_close(a, b, dtype, n, factor=1.0 if n in ("dx", "dh") else 4.0)
 
 
 @pytest.mark.parametrize("path,recompute", [("two_pass", True), ("one_pass", True), ("one_pass", False)])
@@ -74,20 +103,20 @@ def test_compile_on_gpu():
 
 def test_autotuned_launch_is_deterministic_for_its_config():
     """The tuner's pick, forced again, gives bit-identical weight gradients (fixed-order partial sums)."""
-    import csrc_triton.adapter_onepass as k1
+    import csrc_triton.adapter_onepass as onepass
 
     g = torch.Generator(device="cuda").manual_seed(1)
-    N, L, C, CA, T = 64, 197, 768, 384, 8
+    N, L, C, Ca, T = 64, 197, 768, 384, 8
     dy = torch.randn(N, L, C, device="cuda", generator=g, dtype=torch.bfloat16)
-    h = torch.randn(N, L, CA, device="cuda", generator=g, dtype=torch.bfloat16)
-    wc = 0.3 * torch.randn(CA, 3, device="cuda", generator=g)
-    bc = torch.randn(CA, device="cuda", generator=g)
-    w2 = 0.02 * torch.randn(C, CA, device="cuda", generator=g)
-    tuned = k1.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2)
-    pick = k1.onepass_bwd_kernel.tuned.best_config
+    h = torch.randn(N, L, Ca, device="cuda", generator=g, dtype=torch.bfloat16)
+    wc = 0.3 * torch.randn(Ca, 3, device="cuda", generator=g)
+    bc = torch.randn(Ca, device="cuda", generator=g)
+    w2 = 0.02 * torch.randn(C, Ca, device="cuda", generator=g)
+    tuned = onepass.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2)
+    pick = onepass.onepass_bwd_kernel.tuned.best_config
     cfg = dict(pick.kwargs, num_warps=pick.num_warps)
-    assert cfg in k1.onepass_bwd_kernel.space
-    again = k1.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2, config=cfg)
+    assert cfg in onepass.onepass_bwd_kernel.space
+    again = onepass.onepass_bwd(dy, h, None, wc, bc, w2, T, 14, 14, 1, (3, 1, 1), 2, config=cfg)
     for a, b in zip(tuned[2:], again[2:]):
         assert torch.equal(a, b)
 

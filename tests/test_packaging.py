@@ -86,9 +86,9 @@ _CHECK = textwrap.dedent("""
             m(x, 4)
         except ValueError as e:
             error = str(e)
-    # csrc_triton.activations is the plain-Python activation table (no Triton); the rest define kernels
+    # the activation table and the accumulation-dtype rule are plain Python (no Triton); the rest define kernels
     kernels = sorted(k for k in sys.modules if k.startswith("csrc_triton.") and sys.modules[k] is not None
-                     and k != "csrc_triton.activations")
+                     and k not in ("csrc_triton.activations", "csrc_triton.dtypes"))
     kernels += sorted(k for k in sys.modules if k.split(".")[0] == "triton" and sys.modules[k] is not None)
     extras = [n for n in sys.argv[3].split(",") if importlib.util.find_spec(n) is not None]
     print(json.dumps({"file": stadapter_fast.__file__, "error": error, "kernels": kernels,

@@ -17,8 +17,11 @@ from typing import Optional
 
 import torch
 
+from csrc_triton.dtypes import acc_dtype
+
 from .._backend import triton_kernels
-from .dwconv_tokens import ACTIVATIONS, _IMPLS, _unit_channel_stride, act_fwd, act_grad
+from .dwconv_tokens import (ACTIVATIONS, CONV_IMPLS, act_fwd, act_grad, normalize_act, st_adapter_conv_ref,
+                            unit_channel_stride)
 from .fc2_residual import fc2_residual_backward, fc2_residual_forward
 
 
@@ -28,29 +31,29 @@ def _no_pre(h: torch.Tensor) -> torch.Tensor:
 
 
 def _torch_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, through, r):
-    pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none", through)  # conv + bias (prefix: h or 0)
+    pre = CONV_IMPLS["torch"].fwd(h, conv_w, conv_b, T, H, W, P, "none", through)  # conv + bias (prefix: h or 0)
     y = fc2_residual_forward(x, act_fwd(pre, act), w2, b2, P, through, r)
     return y, (_no_pre(h) if recompute else pre)
 
 
 def _torch_bwd(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, through, r, need_r):
     if pre is None:
-        pre = _IMPLS["torch"][0](h, conv_w, conv_b, T, H, W, P, "none", through)
+        pre = CONV_IMPLS["torch"].fwd(h, conv_w, conv_b, T, H, W, P, "none", through)
     b2_dtype = b2.dtype if b2 is not None else w2.dtype
     dz, dw2, db2, dr = fc2_residual_backward(dy, act_fwd(pre, act), w2, b2_dtype, P, through=through, r=r, b2=b2,
                                              need_r=need_r)
     if act != "none":
-        acc_t = torch.float64 if h.dtype == torch.float64 else torch.float32
+        acc_t = acc_dtype(h.dtype)
         dz = (dz.to(acc_t) * act_grad(pre.to(acc_t), act)).to(h.dtype)
-    dh, dcw, dcb = _IMPLS["torch"][1](dz, h, conv_w, conv_b, T, H, W, P, "none", through)
+    dh, dcw, dcb = CONV_IMPLS["torch"].bwd(dz, h, conv_w, conv_b, T, H, W, P, "none", through)
     return dh, dcw, dcb, dw2, db2, dr
 
 
 def _triton_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, through, r):
-    k = triton_kernels("adapter_onepass")
+    kernels = triton_kernels("adapter_onepass")
     N, L, C = x.shape
-    x = _unit_channel_stride(x)
-    h = _unit_channel_stride(h)
+    x = unit_channel_stride(x)
+    h = unit_channel_stride(h)
     y = torch.empty((N, L, C), dtype=x.dtype, device=x.device)
     if not through:
         y[:, :P] = x[:, :P]
@@ -59,17 +62,17 @@ def _triton_fwd(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, throug
         pre = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         if not through:
             pre[:, :P].zero_()
-    k.onepass_fwd(h, x, y, conv_w.reshape(conv_w.shape[0], -1).contiguous(), conv_b, w2.contiguous(), b2,
+    kernels.onepass_fwd(h, x, y, conv_w.reshape(conv_w.shape[0], -1).contiguous(), conv_b, w2.contiguous(), b2,
                   T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], pre=pre, prefix_through=through, row_scale=r)
     return y, (_no_pre(h) if recompute else pre)
 
 
 def _triton_bwd(dy, h, pre, conv_w, conv_b, w2, b2, T, H, W, P, act, through, r, need_r):
-    k = triton_kernels("adapter_onepass")
-    CA = h.shape[2]
-    z, dh, dcw, dcb = k.onepass_bwd(_unit_channel_stride(dy), _unit_channel_stride(h),
-                                    None if pre is None else _unit_channel_stride(pre),
-                                    conv_w.reshape(CA, -1).contiguous(), conv_b, w2.contiguous(),
+    kernels = triton_kernels("adapter_onepass")
+    Ca = h.shape[2]
+    z, dh, dcw, dcb = kernels.onepass_bwd(unit_channel_stride(dy), unit_channel_stride(h),
+                                    None if pre is None else unit_channel_stride(pre),
+                                    conv_w.reshape(Ca, -1).contiguous(), conv_b, w2.contiguous(),
                                     T, H, W, P, tuple(conv_w.shape[2:]), ACTIVATIONS[act], prefix_through=through,
                                     row_scale=r)
     b2_dtype = b2.dtype if b2 is not None else w2.dtype
@@ -155,3 +158,21 @@ def adapter_onepass(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv
     scale of the adapter's update (see :func:`fc2_residual`)."""
     return _onepass_op(x, h, conv_w, conv_b, w2, b2, T, H, W, P, act, recompute, backend, prefix_through,
                        row_scale)[0]
+
+
+def adapter_onepass_ref(x: torch.Tensor, h: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
+                        w2: torch.Tensor, b2: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
+                        backend: str = "torch", recompute: bool = True, prefix_through: bool = False,
+                        row_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Plain-PyTorch oracle of :func:`adapter_onepass`, same signature (``backend`` and ``recompute`` are
+    accepted and ignored): :func:`st_adapter_conv_ref` (the official permute + ``F.conv3d`` route), the
+    activation, ``fc2`` and the residual, in ``h``'s dtype. Differentiable in every tensor argument."""
+    pre = st_adapter_conv_ref(h, conv_w, conv_b, T, (H, W), P, None, "no_conv" if prefix_through else "skip")
+    u = act_fwd(pre, normalize_act(act)) @ w2.to(pre.dtype).t()
+    if b2 is not None:
+        u = u + b2.to(u.dtype)
+    if row_scale is not None:
+        u = u * row_scale.to(u.dtype).repeat_interleave(T)[:, None, None]
+    if prefix_through:
+        return x + u
+    return torch.cat([x[:, :P], x[:, P:] + u[:, P:]], dim=1)  # prefix rows: x, bit for bit

@@ -11,15 +11,18 @@ weight gradient picks up nothing from them.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 # activation name -> code of the Triton kernels: the one table (plain Python, imports no Triton)
 from csrc_triton.activations import ACTIVATIONS
+# the accumulation dtype rule the kernels use (plain PyTorch, imports no Triton)
+from csrc_triton.dtypes import acc_dtype
 
 from .._backend import resolve_backend, triton_kernels
+from ..checks import check_frames
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -66,10 +69,6 @@ def act_grad(x: torch.Tensor, act: str) -> torch.Tensor:
 # PyTorch path: works on the [B, T, H, W, C] *view* of the tokens (no permute copies)
 # ----------------------------------------------------------------------------------------------
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _grid_view(t: torch.Tensor, p: int, T: int, H: int, W: int) -> torch.Tensor:
     """[N, L, C] tokens -> [B, T, H, W, C] view of the patch rows (a view: no copy)."""
     N, _, C = t.shape
@@ -112,7 +111,7 @@ def _torch_pre(h5: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def _prefix_rows_fwd(h: torch.Tensor, out: torch.Tensor, P: int, act: str, through: bool) -> None:
     """``out``'s prefix rows: ``act(h)`` (``through``: the conv is skipped, the activation is not) or 0."""
     if through:
-        out[:, :P] = act_fwd(h[:, :P].to(_acc_dtype(h.dtype)), act)
+        out[:, :P] = act_fwd(h[:, :P].to(acc_dtype(h.dtype)), act)
     else:
         out[:, :P].zero_()
 
@@ -120,7 +119,7 @@ def _prefix_rows_fwd(h: torch.Tensor, out: torch.Tensor, P: int, act: str, throu
 def _prefix_rows_bwd(dz: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, P: int, act: str, through: bool) -> None:
     """``dh``'s prefix rows: ``dz * act'(h)`` (``through``) or 0."""
     if through:
-        d = dz[:, :P].to(_acc_dtype(h.dtype))
+        d = dz[:, :P].to(acc_dtype(h.dtype))
         dh[:, :P] = d if act == "none" else d * act_grad(h[:, :P].to(d.dtype), act)
     else:
         dh[:, :P].zero_()
@@ -128,7 +127,7 @@ def _prefix_rows_bwd(dz: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, P: int
 
 def _torch_fwd(h, weight, bias, T, H, W, P, act, through=False):
     N, L, C = h.shape
-    h5 = _grid_view(h, P, T, H, W).to(_acc_dtype(h.dtype))
+    h5 = _grid_view(h, P, T, H, W).to(acc_dtype(h.dtype))
     out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
     _prefix_rows_fwd(h, out, P, act, through)
     _grid_view(out, P, T, H, W).copy_(act_fwd(_torch_pre(h5, weight, bias), act))
@@ -137,7 +136,7 @@ def _torch_fwd(h, weight, bias, T, H, W, P, act, through=False):
 
 def _torch_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
     N, L, C = h.shape
-    acc_t = _acc_dtype(h.dtype)
+    acc_t = acc_dtype(h.dtype)
     kernel_size = tuple(weight.shape[2:])
     h5 = _grid_view(h, P, T, H, W).to(acc_t)
     dp5 = _grid_view(dz, P, T, H, W).to(acc_t)
@@ -173,36 +172,45 @@ def _torch_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
 # Triton path
 # ----------------------------------------------------------------------------------------------
 
-def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+def unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if its channel (last) stride is 1 (what the kernels index), else a contiguous copy."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _triton_fwd(h, weight, bias, T, H, W, P, act, through=False):
-    k = triton_kernels("dwconv_tokens")
+    kernels = triton_kernels("dwconv_tokens")
     N, L, C = h.shape
-    h = _unit_channel_stride(h)
+    h = unit_channel_stride(h)
     out = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
     if through:
-        k.prefix_act_rows(h, out, P, ACTIVATIONS[act])
+        kernels.prefix_act_rows(h, out, P, ACTIVATIONS[act])
     else:
         out[:, :P].zero_()
-    k.dwconv_tokens_fwd(h, weight.reshape(C, -1).contiguous(), bias, out, T, H, W, P, P,
+    kernels.dwconv_tokens_fwd(h, weight.reshape(C, -1).contiguous(), bias, out, T, H, W, P, P,
                         tuple(weight.shape[2:]), ACTIVATIONS[act])
     return out
 
 
 def _triton_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
-    k = triton_kernels("dwconv_tokens")
+    kernels = triton_kernels("dwconv_tokens")
     C = h.shape[2]
-    dz, h = _unit_channel_stride(dz), _unit_channel_stride(h)
-    dh, dw, db = k.dwconv_tokens_bwd(dz, h, weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
+    dz, h = unit_channel_stride(dz), unit_channel_stride(h)
+    dh, dw, db = kernels.dwconv_tokens_bwd(dz, h, weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
                                      tuple(weight.shape[2:]), ACTIVATIONS[act])
     if through:
-        k.prefix_act_rows(h, dh, P, ACTIVATIONS[act], dz=dz)
+        kernels.prefix_act_rows(h, dh, P, ACTIVATIONS[act], dz=dz)
     return dh, dw, db
 
 
-_IMPLS = {"torch": (_torch_fwd, _torch_bwd), "triton": (_triton_fwd, _triton_bwd)}
+class ConvImpl(NamedTuple):
+    """One backend's conv: ``fwd(h, weight, bias, T, H, W, P, act, through) -> out`` and
+    ``bwd(dz, h, weight, bias, T, H, W, P, act, through) -> (dh, dw, db)``."""
+    fwd: Callable
+    bwd: Callable
+
+
+#: backend name -> its conv implementation (the one-pass op's PyTorch path reuses the "torch" one)
+CONV_IMPLS = {"torch": ConvImpl(_torch_fwd, _torch_bwd), "triton": ConvImpl(_triton_fwd, _triton_bwd)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +220,7 @@ _IMPLS = {"torch": (_torch_fwd, _torch_bwd), "triton": (_triton_fwd, _triton_bwd
 @torch.library.custom_op("stadapter_fast::st_adapter_conv", mutates_args=())
 def _conv_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int, H: int,
              W: int, P: int, act: str, backend: str, through: bool = False) -> torch.Tensor:
-    return _IMPLS[backend][0](h, weight, bias, T, H, W, P, act, through)
+    return CONV_IMPLS[backend].fwd(h, weight, bias, T, H, W, P, act, through)
 
 
 @_conv_op.register_fake
@@ -224,7 +232,7 @@ def _(h, weight, bias, T, H, W, P, act, backend, through=False):
 def _conv_bwd_op(dz: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor], T: int, H: int, W: int, P: int, act: str,
                  backend: str, through: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dh, dw, db = _IMPLS[backend][1](dz, h, weight, bias, T, H, W, P, act, through)
+    dh, dw, db = CONV_IMPLS[backend].bwd(dz, h, weight, bias, T, H, W, P, act, through)
     b_dtype = bias.dtype if bias is not None else weight.dtype
     # dw and db may be (transposed) views of one partial-sum buffer: copy them (tiny) into fresh
     # contiguous tensors, so outputs never alias and match the fake kernel's strides.
@@ -306,17 +314,16 @@ def check_kernel_size(kernel_size: Sequence[int]) -> tuple[int, int, int]:
     return ks
 
 
-def _check_conv_args(h, weight, bias, T):
+def check_conv_args(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int) -> None:
+    """Validate the conv op's tensors and ``T`` (shapes, dtypes, devices); ``ValueError`` naming the
+    argument otherwise."""
     if not isinstance(h, torch.Tensor) or h.dim() != 3:
         raise ValueError(f"h must be a tensor of shape [B*T, L, C], got "
                          f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
     if h.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"h must have dtype in {SUPPORTED_DTYPES}, got {h.dtype}")
     N, L, C = h.shape
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (frames per clip) must be a positive int, got {T!r}")
-    if N % T != 0:
-        raise ValueError(f"h.shape[0] = B*T = {N} is not divisible by T = {T}")
+    check_frames(T, N, "h.shape[0] = B*T")
     if weight.dim() != 5 or weight.shape[0] != C or weight.shape[1] != 1:
         raise ValueError(f"weight must have shape [C, 1, kt, kh, kw] with C = h.shape[2] = {C}, "
                          f"got {tuple(weight.shape)}")
@@ -371,7 +378,7 @@ def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         (zero padding ``k // 2`` per axis, as the official ``nn.Conv3d``), zeros (or ``act(h)``) at
         the prefix rows.
     """
-    _check_conv_args(h, weight, bias, T)
+    check_conv_args(h, weight, bias, T)
     H, W = resolve_grid(h.shape[1], num_prefix_tokens, grid_size)
     act = normalize_act(act)
     through = check_prefix_mode(prefix_mode)

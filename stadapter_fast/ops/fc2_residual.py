@@ -11,14 +11,14 @@ from typing import Optional
 
 import torch
 
-from .dwconv_tokens import _acc_dtype
+from csrc_triton.dtypes import acc_dtype
 
 
 def _scaled_w2t(w2: torch.Tensor, r: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
     """``r_b * W2^T`` per clip ([B, Ca, C] in the compute dtype): the per-clip output scale folded into
     a batched GEMM's weights (B * Ca * C elements, small next to the tokens), so no pass over the tokens
     applies it."""
-    acc = _acc_dtype(r.dtype)
+    acc = acc_dtype(r.dtype)
     return (r.to(acc)[:, None, None] * w2.t().to(acc)).to(cd)
 
 
@@ -35,7 +35,7 @@ def fc2_residual_forward(x: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b2:
             B = r.shape[0]
             z3, x3, y3 = z.reshape(B, -1, z.shape[-1]), x.view(B, -1, C), y.view(B, -1, C)
             w = _scaled_w2t(w2, r, cd)
-            rb2 = None if b2 is None else (r.to(_acc_dtype(cd))[:, None] * b2.to(_acc_dtype(cd))[None, :]).to(cd)[:, None, :]
+            rb2 = None if b2 is None else (r.to(acc_dtype(cd))[:, None] * b2.to(acc_dtype(cd))[None, :]).to(cd)[:, None, :]
             if x.dtype == cd:
                 if rb2 is None:
                     y3.copy_(x3)
@@ -75,7 +75,7 @@ def fc2_residual_backward(dy: torch.Tensor, z: torch.Tensor, w2: torch.Tensor, b
     ``dr_b = sum over clip b's rows of dy . (z W2^T + b2)``."""
     N, L, C = dy.shape
     cd = z.dtype
-    acc_t = _acc_dtype(dy.dtype)
+    acc_t = acc_dtype(dy.dtype)
     p0 = 0 if through else P
     dz = dw2 = db2 = dr = None
     with torch.autocast(dy.device.type, enabled=False):

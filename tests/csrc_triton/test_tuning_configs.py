@@ -5,13 +5,14 @@ leaves a row or channel unwritten fails."""
 import pytest
 import torch
 
-from stadapter_fast.ops.dwconv_tokens import act_fwd, st_adapter_conv_ref
+from stadapter_fast.ops.adapter_onepass import adapter_onepass_ref
+from stadapter_fast.ops.dwconv_tokens import st_adapter_conv_ref
 from tests._util import DEVICE, TRITON_OK, assert_close
 
 pytestmark = pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")
 
 B, T, H, W, P = 2, 4, 3, 5, 1          # M = 120 patch tokens
-C, CA = 72, 40                         # ragged against 32/64/128/256 tiles
+C, Ca = 72, 40                         # ragged against 32/64/128/256 tiles
 ACTS = {"none": 0, "gelu": 2}
 
 
@@ -21,29 +22,33 @@ def _case(ks, seed=0):
 
     def r(*shape, s=1.0):
         return (s * torch.randn(*shape, generator=g)).to(DEVICE)
-    return dict(x=r(N, L, C), h=r(N, L, CA), wc=r(CA, 1, *ks, s=0.4), bc=r(CA), w2=r(C, CA, s=0.2), b2=r(C),
-                dy=r(N, L, C))
+    return dict(x=r(N, L, C), h=r(N, L, Ca), wc=r(Ca, 1, *ks, s=0.4), bc=r(Ca), w2=r(C, Ca, s=0.2), b2=r(C),
+                dy=r(N, L, C), r=r(B))
 
 
-def _reference(c, ks, act):
-    """fp64: pre, z, y, and the grads of sum(y * dy) w.r.t. h, conv weight and conv bias."""
+def _reference(c, ks, act, mm2=False):
+    """fp64 oracles: pre, z (the conv op's ref), y (the one-pass op's ref), and the grads of sum(y * dy)
+    w.r.t. h, conv weight and conv bias. ``mm2``: mmaction2's variant (prefix rows through act + fc2,
+    a per-clip output scale)."""
     h, wc, bc = (c[k].double().requires_grad_() for k in ("h", "wc", "bc"))
-    pre = st_adapter_conv_ref(h, wc, bc, T, (H, W), P, None)
-    z = act_fwd(pre, act)
-    y = c["x"].double() + z @ c["w2"].double().t() + c["b2"].double()
-    y = torch.cat([c["x"].double()[:, :P], y[:, P:]], dim=1)
+    y = adapter_onepass_ref(c["x"].double(), h, wc, bc, c["w2"].double(), c["b2"].double(), T, H, W, P, act,
+                            prefix_through=mm2, row_scale=c["r"].double() if mm2 else None)
     dh, dwc, dbc = torch.autograd.grad(y, [h, wc, bc], c["dy"].double())
-    return dict(pre=pre.detach(), z=z.detach(), y=y.detach(), dh=dh, dwc=dwc.reshape(CA, -1), dbc=dbc)
+    mode = "no_conv" if mm2 else "skip"
+    with torch.no_grad():
+        pre = st_adapter_conv_ref(h, wc, bc, T, (H, W), P, None, mode)
+        z = st_adapter_conv_ref(h, wc, bc, T, (H, W), P, act, mode)
+    return dict(pre=pre, z=z, y=y.detach(), dh=dh, dwc=dwc.reshape(Ca, -1), dbc=dbc)
 
 
 def _conv_space():
-    import csrc_triton.dwconv_tokens as k
-    return k.conv_fwd_kernel.space  # the configs as launched (defaults filled in)
+    import csrc_triton.dwconv_tokens as dwconv
+    return dwconv.conv_fwd_kernel.space  # the configs as launched (defaults filled in)
 
 
 def _onepass_spaces():
-    import csrc_triton.adapter_onepass as k1
-    return k1.onepass_fwd_kernel.space, k1.onepass_bwd_kernel.space
+    import csrc_triton.adapter_onepass as onepass
+    return onepass.onepass_fwd_kernel.space, onepass.onepass_bwd_kernel.space
 
 
 N_CONV, N_FWD, N_BWD = 8, 7, 7  # sizes of the spaces (checked below)
@@ -52,21 +57,21 @@ N_CONV, N_FWD, N_BWD = 8, 7, 7  # sizes of the spaces (checked below)
 @pytest.mark.parametrize("i", range(N_CONV))
 @pytest.mark.parametrize("act", ["none", "gelu"])
 def test_conv_kernels_every_config(i, act):
-    import csrc_triton.dwconv_tokens as k
+    import csrc_triton.dwconv_tokens as dwconv
 
     cfg = _conv_space()[i]
     ks = (3, 1, 1) if i % 2 == 0 else (3, 3, 3)
     c = _case(ks, seed=i)
     h, wc, bc = c["h"], c["wc"], c["bc"]
     ref = _reference(c, ks, act)
-    w2d = wc.reshape(CA, -1).contiguous()
+    w2d = wc.reshape(Ca, -1).contiguous()
     out = torch.empty_like(h)
     out[:, :P] = 0
-    k.dwconv_tokens_fwd(h, w2d, bc, out, T, H, W, P, P, ks, ACTS[act], config=cfg)
+    dwconv.dwconv_tokens_fwd(h, w2d, bc, out, T, H, W, P, P, ks, ACTS[act], config=cfg)
     assert_close(out[:, P:], ref["z"][:, P:], torch.float32, f"conv fwd {cfg}")
     # conv backward given dz = dy W2 (from the reference's chain)
     dz = (c["dy"].double() @ c["w2"].double()).float()
-    dh, dwc, dbc = k.dwconv_tokens_bwd(dz, h, w2d, bc, T, H, W, P, ks, ACTS[act], config=cfg, flip_config=cfg)
+    dh, dwc, dbc = dwconv.dwconv_tokens_bwd(dz, h, w2d, bc, T, H, W, P, ks, ACTS[act], config=cfg, flip_config=cfg)
     assert_close(dh[:, P:], ref["dh"][:, P:], torch.float32, f"conv dh {cfg}")
     assert torch.count_nonzero(dh[:, :P]) == 0
     assert_close(dwc, ref["dwc"], torch.float32, f"conv dw {cfg}")
@@ -76,45 +81,51 @@ def test_conv_kernels_every_config(i, act):
 @pytest.mark.parametrize("i", range(N_FWD))
 @pytest.mark.parametrize("act", ["none", "gelu"])
 def test_onepass_forward_every_config(i, act):
-    import csrc_triton.adapter_onepass as k1
+    """With gelu, mmaction2's variant: the prefix rows' launch and the per-clip scale, in every config."""
+    import csrc_triton.adapter_onepass as onepass
 
     cfg = _onepass_spaces()[0][i]
     ks = (3, 1, 1) if i % 2 == 0 else (1, 3, 3)
     c = _case(ks, seed=10 + i)
-    ref = _reference(c, ks, act)
+    mm2 = act == "gelu"
+    ref = _reference(c, ks, act, mm2)
     y = torch.empty_like(c["x"])
-    y[:, :P] = c["x"][:, :P]
     pre = torch.empty_like(c["h"])
-    pre[:, :P] = 0
-    k1.onepass_fwd(c["h"], c["x"], y, c["wc"].reshape(CA, -1).contiguous(), c["bc"], c["w2"], c["b2"],
-                   T, H, W, P, ks, ACTS[act], pre=pre, config=cfg)
-    assert_close(y, ref["y"], torch.float32, f"one-pass y {cfg}")
-    assert_close(pre[:, P:], ref["pre"][:, P:], torch.float32, f"one-pass pre {cfg}")
+    if not mm2:  # the op's caller writes the prefix rows the kernel leaves alone
+        y[:, :P] = c["x"][:, :P]
+        pre[:, :P] = 0
+    onepass.onepass_fwd(c["h"], c["x"], y, c["wc"].reshape(Ca, -1).contiguous(), c["bc"], c["w2"], c["b2"],
+                        T, H, W, P, ks, ACTS[act], pre=pre, config=cfg, prefix_through=mm2,
+                        row_scale=c["r"] if mm2 else None)
+    assert_close(y, ref["y"], torch.float32, f"one-pass y {cfg} mm2={mm2}")
+    assert_close(pre, ref["pre"], torch.float32, f"one-pass pre {cfg} mm2={mm2}")
 
 
 @pytest.mark.parametrize("i", range(N_BWD))
 @pytest.mark.parametrize("act,load_pre", [("none", False), ("gelu", False), ("gelu", True), ("none", True)])
 def test_onepass_backward_every_config(i, act, load_pre):
-    import csrc_triton.adapter_onepass as k1
-    import csrc_triton.dwconv_tokens as k
+    import csrc_triton.adapter_onepass as onepass
+    import csrc_triton.dwconv_tokens as dwconv
 
     cfg = _onepass_spaces()[1][i]
     ks = (3, 1, 1) if i % 2 == 0 else (3, 3, 3)
     c = _case(ks, seed=20 + i)
-    ref = _reference(c, ks, act)
+    mm2 = act == "gelu"  # mmaction2's variant: the prefix rows' launch and the per-clip scale
+    ref = _reference(c, ks, act, mm2)
     pre = ref["pre"].float() if load_pre else None
     flip_cfg = _conv_space()[i]
-    z, dh, dwc, dbc = k1.onepass_bwd(c["dy"], c["h"], pre, c["wc"].reshape(CA, -1).contiguous(), c["bc"],
-                                     c["w2"], T, H, W, P, ks, ACTS[act], config=cfg, flip_config=flip_cfg)
-    what = f"one-pass bwd {cfg} load_pre={load_pre}"
-    assert_close(z, ref["z"], torch.float32, what + " z")  # prefix rows must be zero, as in the reference
+    z, dh, dwc, dbc = onepass.onepass_bwd(c["dy"], c["h"], pre, c["wc"].reshape(Ca, -1).contiguous(), c["bc"],
+                                          c["w2"], T, H, W, P, ks, ACTS[act], config=cfg, flip_config=flip_cfg,
+                                          prefix_through=mm2, row_scale=c["r"] if mm2 else None)
+    what = f"one-pass bwd {cfg} load_pre={load_pre} mm2={mm2}"
+    assert_close(z, ref["z"], torch.float32, what + " z")  # prefix rows: 0, or act(h) (mm2), as the reference
     assert_close(dh, ref["dh"], torch.float32, what + " dh")
     assert_close(dwc, ref["dwc"], torch.float32, what + " dwc")
     assert_close(dbc, ref["dbc"], torch.float32, what + " dbc")
 
 
 def test_spaces_are_small_and_well_formed():
-    import csrc_triton.dwconv_tokens as k
+    import csrc_triton.dwconv_tokens as dwconv
 
     fwd, bwd = _onepass_spaces()
     assert (len(_conv_space()), len(fwd), len(bwd)) == (N_CONV, N_FWD, N_BWD)
@@ -134,13 +145,13 @@ def test_spaces_are_small_and_well_formed():
 def test_launchers_refuse_partial_clips():
     """The T-major order walks whole clips: a frame count that is not a multiple of T is refused
     (the op layer checks it first; this guards direct launcher calls)."""
-    import csrc_triton.adapter_onepass as k1
-    import csrc_triton.dwconv_tokens as k
+    import csrc_triton.adapter_onepass as onepass
+    import csrc_triton.dwconv_tokens as dwconv
 
     c = _case((3, 1, 1))
     h = c["h"][:7]  # 7 frames, T = 4
-    w2d = c["wc"].reshape(CA, -1).contiguous()
+    w2d = c["wc"].reshape(Ca, -1).contiguous()
     with pytest.raises(ValueError, match="N = 7 frames, expected a multiple of T = 4"):
-        k.dwconv_tokens_fwd(h, w2d, None, torch.empty_like(h), T, H, W, P, P, (3, 1, 1), 0)
+        dwconv.dwconv_tokens_fwd(h, w2d, None, torch.empty_like(h), T, H, W, P, P, (3, 1, 1), 0)
     with pytest.raises(ValueError, match="N = 7 frames"):
-        k1.onepass_bwd(c["dy"][:7], h, None, w2d, None, c["w2"], T, H, W, P, (3, 1, 1), 0)
+        onepass.onepass_bwd(c["dy"][:7], h, None, w2d, None, c["w2"], T, H, W, P, (3, 1, 1), 0)

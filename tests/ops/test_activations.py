@@ -63,7 +63,8 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from csrc_triton.dwconv_tokens import _act_fwd, _act_grad
+from csrc_triton.activations import ACTIVATIONS
+from csrc_triton.common import act_fwd, act_grad
 
 
 @triton.jit
@@ -71,14 +72,15 @@ def probe(X, ACT: tl.constexpr, GRAD: tl.constexpr):
     o = tl.arange(0, 16)
     x = tl.load(X + o)
     if GRAD:
-        x = _act_grad(x, ACT)
+        x = act_grad(x, ACT)
     else:
-        x = _act_fwd(x, ACT)
+        x = act_fwd(x, ACT)
     tl.store(X + o, x)
 
 
+LAST = max(ACTIVATIONS.values())  # the last code in the table compiles; the next one must not
 for grad in (0, 1):
-    for act in (5, 6):
+    for act in (LAST, LAST + 1):
         src = ASTSource(fn=probe, signature={"X": "*fp32", "ACT": "constexpr", "GRAD": "constexpr"},
                         constexprs={"ACT": act, "GRAD": grad})
         try:
@@ -103,5 +105,6 @@ def test_unknown_code_does_not_compile(tmp_path):
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == ["0 5 compiled", "0 6 failed True", "1 5 compiled", "1 6 failed True"], \
-        proc.stdout + proc.stderr[-2000:]
+    last = max(ACTIVATIONS.values())
+    assert proc.stdout.splitlines() == [f"{g} {last} compiled" if ok else f"{g} {last + 1} failed True"
+                                        for g in (0, 1) for ok in (True, False)], proc.stdout + proc.stderr[-2000:]

@@ -106,9 +106,9 @@ def test_strided_input_view_and_grad(backend):
 def test_triton_many_small_tiles(monkeypatch, act, group_s):
     """Small tiles: many token and channel tiles with ragged edges; partial sums over many tiles;
     and the T-major token order (groups of 4 grid positions: 15 positions padded to 16)."""
-    import csrc_triton.dwconv_tokens as k
+    import csrc_triton.dwconv_tokens as dwconv
 
-    for kern in (k.conv_fwd_kernel, k.conv_bwd_kernel):
+    for kern in (dwconv.conv_fwd_kernel, dwconv.conv_bwd_kernel):
         monkeypatch.setattr(kern, "forced", dict(BLOCK_M=16, BLOCK_C=8, GROUP_S=group_s, num_warps=1))
     h, w, b, dz = make_case(2, 4, 3, 5, 1, 21, (3, 3, 3), torch.float32, seed=5)
     run_and_check(h, w, b, dz, 4, (3, 5), 1, act, "triton", torch.float32)

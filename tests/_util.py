@@ -22,6 +22,35 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
 
 
+def assert_models_agree(ref: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor, factor: float = 1.0) -> None:
+    """``fast(x)`` matches ``ref(x)`` (fp32 logits), and so do the gradients of ``sum(y ** 2)`` with respect
+    to each model's trainable parameters (in order), within the fp32 tolerance times ``factor``."""
+    outs = []
+    for m in (ref, fast):
+        y = m(x)
+        outs.append((y, torch.autograd.grad(y.square().sum(), [p for p in m.parameters() if p.requires_grad])))
+    assert_close(outs[1][0], outs[0][0], torch.float32, "logits", factor=factor)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        assert_close(a, b, torch.float32, "grad", factor=factor)
+
+
+def randomize(model: torch.nn.Module, std: float, seed: int = 0, trainable_only: bool = False) -> torch.nn.Module:
+    """Replaces the parameters of ``model`` by N(0, std^2) draws (in each parameter's dtype, from a
+    generator seeded with ``seed``); with ``trainable_only``, only those that require grad (a frozen
+    backbone keeps its weights). Returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad or not trainable_only:
+                p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def randomize_trainable(model: torch.nn.Module, seed: int = 1, std: float = 0.05) -> torch.nn.Module:
+    """:func:`randomize` of the trainable parameters (adapters, branch, head) of a model."""
+    return randomize(model, std, seed, trainable_only=True)
+
+
 def tiny_open_clip():
     """open_clip's ViT-B-16 tower at 32x32 with random weights; skips the calling test without open_clip
     (the timm cases of the same test module still run)."""

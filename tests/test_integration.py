@@ -8,7 +8,7 @@ import torch
 from stadapter_fast import (FastSTAdapter, STAdapterConfig, STAdapterReference, VideoClassifier,
                             adapter_parameter_count, add_st_adapters, count_parameters,
                             ensure_torchvision_importable, load_adapters, save_adapters, swap_adapters)
-from tests._util import assert_close, tiny_open_clip
+from tests._util import assert_close, assert_models_agree, randomize_trainable, tiny_open_clip
 
 ensure_torchvision_importable()
 timm = pytest.importorskip("timm")
@@ -27,13 +27,6 @@ def video(B=2, T=4, H=32, W=32, layout="BCTHW", seed=0):
     v = torch.randn(B, 3, T, H, W, generator=g)
     return v if layout == "BCTHW" else v.transpose(1, 2).contiguous()
 
-
-def randomize_trainable(model, seed=1, std=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(std * torch.randn(p.shape, generator=g))
 
 
 # --- identity at init -----------------------------------------------------------------------------
@@ -98,15 +91,7 @@ def test_fast_and_reference_adapters_agree(make):
     assert any(isinstance(m, STAdapterReference) for m in ref.modules())
     assert not any(type(m) is STAdapterReference for m in fast.modules())
     assert any(isinstance(m, FastSTAdapter) for m in fast.modules())
-    v = video(layout="BCTHW")
-    outs = []
-    for clf in (ref, fast):
-        y = clf(v)
-        grads = torch.autograd.grad(y.square().sum(), [p for p in clf.parameters() if p.requires_grad])
-        outs.append((y, grads))
-    assert_close(outs[1][0], outs[0][0], torch.float32, "logits", factor=10)
-    for a, b in zip(outs[1][1], outs[0][1]):
-        assert_close(a, b, torch.float32, "grad", factor=10)
+    assert_models_agree(ref, fast, video(layout="BCTHW"), factor=10)
 
 
 def test_parameter_counts_vit_b16_match_formula():

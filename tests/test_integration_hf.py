@@ -11,8 +11,7 @@ from stadapter_fast import (MAdapterConfig, MAdapterVideoClassifier, STAdapterCo
                             adapter_parameter_count, add_st_adapters, count_parameters, create_backbone,
                             ensure_torchvision_importable, load_adapters, save_adapters, set_backbone_checkpointing)
 from stadapter_fast.hf import HFTower
-from tests._util import assert_close, backends
-from tests.test_integration import randomize_trainable
+from tests._util import assert_close, assert_models_agree, backends, randomize_trainable
 
 ensure_torchvision_importable()  # transformers' image utilities import torchvision
 transformers = pytest.importorskip("transformers")
@@ -175,14 +174,7 @@ def test_fast_and_reference_adapters_agree(family, backend):
                            3, 3).eval()
     randomize_trainable(ref)
     fast.load_state_dict(ref.state_dict())
-    v = video(ref.arch.hf.input_size)
-    outs = []
-    for clf in (ref, fast):
-        y = clf(v)
-        outs.append((y, torch.autograd.grad(y.square().sum(), [p for p in clf.parameters() if p.requires_grad])))
-    assert_close(outs[1][0], outs[0][0], torch.float32, "logits")
-    for a, b in zip(outs[1][1], outs[0][1]):
-        assert_close(a, b, torch.float32, "grad")
+    assert_models_agree(ref, fast, video(ref.arch.hf.input_size))
 
 
 @pytest.mark.parametrize("family", list(MAKERS))

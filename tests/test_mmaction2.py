@@ -11,7 +11,7 @@ from torch import nn
 from stadapter_fast import (FastMMAction2STAdapter, FastSTAdapter, MMAction2STAdapterReference,
                             set_adapter_path, swap_adapters)
 from stadapter_fast.swap import RenamedFastSTAdapter
-from tests._util import DEVICE, assert_close, backends
+from tests._util import DEVICE, assert_close, backends, randomize
 
 timm_layers = pytest.importorskip("timm.layers", reason="timm is not installed (mmaction2 uses timm's DropPath)")
 PATHS = ["two_pass", "one_pass"]
@@ -65,13 +65,6 @@ class VindLULike(nn.Module):
         return self.head(x.mean(dim=(1, 2)))
 
 
-def _randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
 def _factor(name: str) -> float:
     """``scale``'s gradient is one sum over every element of the adapter's output, with cancellation: its
     fp32 error relative to its own size reaches ~2e-5 (measured), against ~1e-6 for the other gradients."""
@@ -81,7 +74,7 @@ def _factor(name: str) -> float:
 def _make(ks, P, drop_prob=0.2, C=16, Ca=8, img=32, patch=8):
     adapters = [MMAction2STAdapter(ks, C, Ca, img, patch, drop_prob, num_prefix_tokens=P) for _ in range(2)]
     model = VindLULike(adapters, C)
-    _randomize(model)
+    randomize(model, 0.4)
     return model.to(DEVICE)
 
 
@@ -146,7 +139,7 @@ def test_drop_rate_matches_drop_path():
     torch.manual_seed(0)
     b, p = 4000, 0.3
     m = FastMMAction2STAdapter((3, 1, 1), 8, 4, img_size=8, patch_size=4, drop_prob=p, backend="torch")
-    _randomize(m)
+    randomize(m, 0.4)
     x = torch.randn(b, 2, 5, 8)
     with torch.no_grad():
         y_eval = m.eval()(x)
@@ -168,7 +161,7 @@ def test_fast_module_matches_fp64_reference(path, backend, act, dtype):
     training mode with a fixed seed (so some clips are dropped), a non-square grid and 2 prefix tokens."""
     kw = dict(act=act, num_prefix_tokens=2, grid_size=(3, 4))
     ref = MMAction2STAdapterReference((3, 3, 1), 24, 12, drop_prob=0.4, **kw).double()
-    _randomize(ref)
+    randomize(ref, 0.4)
     fast = FastMMAction2STAdapter((3, 3, 1), 24, 12, drop_prob=0.4, backend=backend, path=path, **kw)
     fast.load_state_dict(ref.state_dict())
     fast = fast.to(DEVICE, dtype).train()
@@ -217,7 +210,7 @@ class WrongCls(MMAction2STAdapter):
 
 def test_non_equivalent_module_is_left_in_place():
     model = VindLULike([WrongCls((3, 1, 1), 16, 8, 32, 8, 0.1), MMAction2STAdapter((3, 1, 1), 16, 8, 32, 8, 0.1)], 16)
-    _randomize(model)
+    randomize(model, 0.4)
     with pytest.warns(UserWarning, match="adapter1"):
         assert swap_adapters(model) == 1
     assert isinstance(model.adapter1, WrongCls) and isinstance(model.adapter2, FastMMAction2STAdapter)
@@ -254,7 +247,7 @@ class Holder(nn.Module):
 @pytest.mark.parametrize("backend", backends())
 def test_names_for_renamed_official_adapters(backend):
     model = Holder(RenamedOfficial(16, 8)).to(DEVICE)
-    _randomize(model)
+    randomize(model, 0.4)
     keys = list(model.state_dict())
     assert swap_adapters(model) == 0  # not recognised without names
     new = copy.deepcopy(model)

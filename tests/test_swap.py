@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from stadapter_fast import FastSTAdapter, STAdapterReference, set_adapter_path, swap_adapters
-from tests._util import DEVICE, assert_close
+from tests._util import DEVICE, assert_close, randomize
 
 
 class OfficialAdapter(nn.Module):
@@ -65,16 +65,9 @@ class Net(nn.Module):
         return x
 
 
-def randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.2 * torch.randn(p.shape, generator=g))
-
-
 def test_swap_official_adapters_same_outputs_and_grads():
     net = Net([OfficialAdapter(16, 8, (3, 1, 1)), OfficialAdapter(16, 8, (3, 3, 3))]).double().to(DEVICE)
-    randomize(net)
+    randomize(net, 0.2)
     net.blocks[1].adapter.fc2.weight.requires_grad_(False)
     x = torch.randn(4, 10, 16, dtype=torch.float64, device=DEVICE)
     y_ref = net(x.clone(), 2)
@@ -159,7 +152,7 @@ def swapped_matches(adapter, **swap_kw):
     import copy
     import warnings
 
-    randomize(adapter)
+    randomize(adapter, 0.2)
     before = copy.deepcopy(adapter).double()
     net = nn.ModuleDict({"a": adapter})
     with warnings.catch_warnings():

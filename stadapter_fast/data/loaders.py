@@ -1,31 +1,34 @@
 """Loader factory for training: NVIDIA DALI pipelines, or the PyAV DataLoader (the fallback).
 
-Both yield ``(clips [B, 3, T, S, S] float, labels [B] int64, bad_paths list)`` (test loaders of the
-PyAV path yield ``[B, V, 3, T, S, S]`` for multi-view testing) and have ``set_epoch`` and ``len``.
+Both yield ``(clips, labels [B] int64, bad_paths list)``: training clips ``[B, 3, T, S, S]`` float,
+test clips ``[B, V, 3, T, S, S]`` with V = temporal x spatial views (temporal outer), as
+``evaluate`` averages them. Both have ``set_epoch``, ``len`` and ``rng_state``.
 
-DALI decoding is chosen per device and codec:
-  * GPU: ``fn.experimental.readers.video(device="gpu")`` (NVDEC: H.264, HEVC, VP8/9, AV1, ...).
-  * CPU: DALI's CPU decoder handles VP8/VP9/MJPEG only, so when every file is one of those the CPU
-    reader decodes; otherwise PyAV decodes inside DALI through ``fn.external_source``.
-Augmentations run in DALI on the pipeline's device: scale jitter + random crop + optional flip in
-training, centre crop in testing, CLIP normalisation, output in ``[3, T, H, W]`` (VideoClassifier's layout).
+Both take everything random or view-dependent from :mod:`.sampling`: the epoch's order and rank shard
+(:func:`~.sampling.epoch_order`), and per video the frame indices, resize, crop and flip of each view
+(:func:`~.sampling.clip_views`, drawn from :func:`~.sampling.sample_rng` keyed by ``(seed, epoch,
+index)``). So for the same seed, epoch and video list the two loaders cut the same clips, and a run
+resumed from ``last.pt`` (which records the seed and epoch) repeats an uninterrupted one exactly.
 
-Known limits of the DALI paths: the reader takes one clip per video starting at its first frame (no
-temporal jitter in training; the first clip, not the centre one, in testing), testing is single-view,
-and DALI's augmentation RNG is not checkpointed (exact ``--resume`` needs the PyAV loader).
+The DALI pipeline gets those per-sample decisions through ``fn.external_source`` and runs no random
+operator of its own. It decodes the listed frames, resizes, crops (``fn.slice``), mirrors and
+CLIP-normalises:
+  * GPU: ``fn.decoders.video(device="mixed")`` (NVDEC: H.264, HEVC, VP8/9, AV1, ...) on the file's bytes.
+  * CPU: DALI's CPU decoder handles VP8/VP9/MJPEG only, so when every file is one of those
+    ``fn.decoders.video(device="cpu")`` decodes; otherwise PyAV decodes in the source callback.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from .lists import VideoItem
-from .pyav_loader import (CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, decode_video,
-                          make_pyav_loader)
-from .sampling import clip_indices
+from .pyav_loader import CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, decode_video, make_pyav_loader
+from .sampling import ClipSampling, clip_views, epoch_order, sample_rng
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
 
@@ -38,15 +41,49 @@ def dali_available() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    height: int
+    width: int
+    codec: str
+
+
+def probe(items: Sequence[VideoItem], min_frames: int, on_error: str) -> tuple[dict, list]:
+    """``({index: VideoInfo} of the usable videos, paths of the bad ones)`` from a PyAV probe (frame
+    count, size, codec). A container that stores no frame count (e.g. WebM) is counted by decoding."""
+    import av
+
+    good, bad = {}, []
+    for i, it in enumerate(items):
+        try:
+            with av.open(it.path) as c:
+                s = c.streams.video[0]
+                n = s.frames or sum(1 for _ in c.decode(video=0))
+                info = VideoInfo(n, s.codec_context.height, s.codec_context.width, s.codec_context.name)
+            if n < min_frames:
+                raise VideoDecodeError(f"{it.path}: too short ({n} frames, need {min_frames})")
+            good[i] = info
+        except Exception as e:
+            err = e if isinstance(e, VideoDecodeError) else VideoDecodeError(f"{it.path}: cannot open video ({e})")
+            if on_error == "fail":
+                raise err from e
+            bad.append(it.path)
+    return good, bad
+
+
 class PyAVLoader:
-    """PyAV DataLoader with a deterministic per-epoch order (seed, epoch) and rank sharding."""
+    """PyAV DataLoader over :class:`VideoClipDataset` in :func:`~.sampling.epoch_order`."""
 
     def __init__(self, items, args, train: bool, rank: int, world: int):
+        pool = range(len(items))
         if world > 1 and train:
             # every rank must run the same number of steps (DDP): drop bad files before sharding
-            items, bad, _ = probe(items, args.frames, args.on_bad_video)
+            good, bad = probe(items, args.frames, args.on_bad_video)
+            pool = sorted(good)
             if bad and rank == 0:
                 print(f"PyAV loader: skipping {len(bad)} bad video(s): " + ", ".join(bad[:5]))
+        self.pool = list(pool)  # indices of the items that can be sampled
         self.ds = VideoClipDataset(items, args.frames, args.sampling, args.stride, args.image_size, train,
                                    flip=not args.no_flip, temporal_views=1 if train else args.test_temporal_views,
                                    spatial_views=1 if train else args.test_spatial_views,
@@ -59,18 +96,18 @@ class PyAVLoader:
         self.epoch = epoch
         self.ds.set_epoch(epoch)
 
+    def rng_state(self) -> dict:
+        """All the loader's randomness: each epoch is a pure function of (seed, epoch, index)."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
     def _indices(self):
-        n = len(self.ds)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
-                 if self.train else torch.arange(n))
-        shard = order[self.rank::self.world]
-        # training: equal shard lengths on every rank (DDP steps in lockstep); testing: every clip once
-        return (shard[:n // self.world] if self.train else shard).tolist()
+        return [self.pool[p] for p in epoch_order(len(self.pool), self.seed, self.epoch, self.train, self.rank,
+                                                  self.world)]
 
     def __len__(self) -> int:
         if self.train:
-            return (len(self.ds) // self.world) // self.batch_size
-        return math.ceil(math.ceil(len(self.ds) / self.world) / self.batch_size)
+            return (len(self.pool) // self.world) // self.batch_size
+        return math.ceil(math.ceil(len(self.pool) / self.world) / self.batch_size)
 
     def __iter__(self):
         loader = make_pyav_loader(torch.utils.data.Subset(self.ds, self._indices()), self.batch_size, shuffle=False,
@@ -78,134 +115,128 @@ class PyAVLoader:
         return iter(loader)
 
 
-def probe(items: Sequence[VideoItem], min_frames: int, on_error: str):
-    """(good items, bad paths, codec names) from a quick PyAV probe (frame count, codec)."""
-    import av
-
-    good, bad, codecs = [], [], set()
-    for it in items:
-        try:
-            with av.open(it.path) as c:
-                s = c.streams.video[0]
-                n = s.frames or sum(1 for _ in c.decode(video=0))
-                codecs.add(s.codec_context.name)
-            if n < min_frames:
-                raise VideoDecodeError(f"{it.path}: too short ({n} frames, need {min_frames})")
-            good.append(it)
-        except Exception as e:
-            err = e if isinstance(e, VideoDecodeError) else VideoDecodeError(f"{it.path}: cannot open video ({e})")
-            if on_error == "fail":
-                raise err from e
-            bad.append(it.path)
-    return good, bad, codecs
-
-
-class _Info:
-    """The fields of DALI's SampleInfo that ``DALILoader._source`` reads."""
-
-    def __init__(self, idx_in_epoch: int, epoch_idx: int):
-        self.idx_in_epoch, self.epoch_idx = idx_in_epoch, epoch_idx
-
-
 class DALILoader:
-    """A DALI pipeline + ``DALIGenericIterator`` over a list of videos (one clip per video per epoch)."""
+    """A DALI pipeline + ``DALIGenericIterator`` per epoch over a list of videos (one clip, or in
+    testing all views, per video). The pipeline is rebuilt for each epoch (~20 ms on CPU): its source
+    callback then serves exactly that epoch, and no read-ahead crosses an epoch boundary."""
 
     def __init__(self, items, args, train: bool, device: torch.device, rank: int, world: int):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-        # DALI's reader needs frames * stride frames for one clip (PyAV sampling needs fewer)
-        need = args.frames * args.stride if args.sampling == "stride" else args.frames
-        self.items, self.bad, codecs = probe(items, need, args.on_bad_video)
+        self.cfg = ClipSampling.from_args(args)
+        self.items = list(items)
+        self.info, self.bad = probe(self.items, self.cfg.num_frames, args.on_bad_video)
         if self.bad:
             print(f"DALI loader: skipping {len(self.bad)} bad video(s): " + ", ".join(self.bad[:5]))
-        gpu = device.type == "cuda"
-        # DALI's reader samples T frames at a stride; segment sampling (and, on CPU, codecs DALI cannot
-        # decode there) goes through PyAV inside the pipeline instead.
-        self.mode = "reader" if args.sampling == "stride" and (gpu or codecs <= DALI_CPU_CODECS) else "pyav"
-        self.kind = f"dali-{'gpu' if gpu else 'cpu'}-{'decoder' if self.mode == 'reader' else 'pyav-source'}"
-        self.args, self.train, self.rank, self.world, self.epoch = args, train, rank, world, 0
-        self.batch_size = args.batch_size
-        device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
-        self.pipe = self._build(gpu, device_id)
-        self.pipe.build()
-        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
-        if self.mode == "reader":
-            self.it = DALIGenericIterator(self.pipe, ["video", "label"], reader_name="reader", last_batch_policy=policy,
-                                          auto_reset=True)
-        else:
-            # the source ends each epoch with StopIteration (size=-1 lets it)
-            self.it = DALIGenericIterator(self.pipe, ["video", "label"], size=-1,
-                                          last_batch_policy=policy, auto_reset=True)
-
-    def _shard(self):
-        shard = self.items[self.rank::self.world]
-        return shard[:len(self.items) // self.world] if self.train else shard  # equal lengths for DDP
-
-    def _source(self, info):
-        """external_source callback (one sample): PyAV decode + clip sampling, deterministic per epoch."""
-        shard = self._shard()
-        # Test: pad the last batch (DALI drops a partial one here) with label -1 rows, dropped in __iter__.
-        end = len(shard) if self.train else math.ceil(len(shard) / self.batch_size) * self.batch_size
-        if info.idx_in_epoch >= end:
-            raise StopIteration
-        if info.idx_in_epoch >= len(shard):
-            frames, _ = self._source(_Info(0, info.epoch_idx))
-            return frames, np.array([-1], dtype=np.int32)
-        order = (np.random.default_rng([self.args.seed, info.epoch_idx]).permutation(len(shard))
-                 if self.train else np.arange(len(shard)))
-        item = shard[order[info.idx_in_epoch]]
-        video = decode_video(item.path)
-        rng = np.random.default_rng([self.args.seed, info.epoch_idx, info.idx_in_epoch])
-        idx = clip_indices(len(video), self.args.frames, self.args.sampling, self.args.stride, self.train, rng=rng)
-        return np.ascontiguousarray(video[idx]), np.array([item.label], dtype=np.int32)
-
-    def _build(self, gpu: bool, device_id):
-        from nvidia.dali import fn, pipeline_def, types
-
-        a, train = self.args, self.train
-        size = a.image_size
-
-        @pipeline_def(batch_size=self.batch_size, num_threads=max(1, a.workers), device_id=device_id,
-                      seed=a.seed + 17 * self.rank, prefetch_queue_depth=2)
-        def pipe():
-            if self.mode == "reader":
-                video, label = fn.experimental.readers.video(
-                    device="gpu" if gpu else "cpu", filenames=[i.path for i in self.items],
-                    labels=[i.label for i in self.items], sequence_length=a.frames, stride=a.stride,
-                    step=10 ** 6, random_shuffle=train, initial_fill=max(16, len(self.items)), seed=a.seed,
-                    shard_id=self.rank, num_shards=self.world, pad_last_batch=not train, name="reader")
-            else:
-                video, label = fn.external_source(source=self._source, num_outputs=2, batch=False,
-                                                  layout=["FHWC", ""], dtype=[types.UINT8, types.INT32])
-                if gpu:
-                    video = video.gpu()
-            if train:
-                video = fn.resize(video, resize_shorter=fn.random.uniform(range=[size, size * 1.15]),
-                                  antialias=True)
-                pos = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]))
-                mirror = fn.random.coin_flip() if not a.no_flip else 0
-            else:
-                video = fn.resize(video, resize_shorter=size, antialias=True)
-                pos, mirror = {}, 0
-            video = fn.crop_mirror_normalize(video, crop=(size, size), mirror=mirror, output_layout="CFHW",
-                                             mean=[255 * m for m in CLIP_MEAN], std=[255 * s for s in CLIP_STD],
-                                             dtype=types.FLOAT, **pos)
-            return video, label
-
-        return pipe()
+        self.pool = sorted(self.info)
+        codecs = {i.codec for i in self.info.values()}
+        self.gpu = device.type == "cuda"
+        self.mode = "decoder" if self.gpu or codecs <= DALI_CPU_CODECS else "pyav"
+        self.kind = f"dali-{'gpu' if self.gpu else 'cpu'}-{'decoder' if self.mode == 'decoder' else 'pyav-source'}"
+        self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
+        self.batch_size, self.threads = args.batch_size, max(1, args.workers)
+        self.device_id = None
+        if self.gpu:
+            self.device_id = device.index if device.index is not None else torch.cuda.current_device()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def rng_state(self) -> dict:
+        """All the loader's randomness: each epoch is a pure function of (seed, epoch, index)."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
     def __len__(self) -> int:
         if self.train:
-            return (len(self.items) // self.world) // self.batch_size
-        return math.ceil(math.ceil(len(self.items) / self.world) / self.batch_size)
+            return (len(self.pool) // self.world) // self.batch_size
+        return math.ceil(math.ceil(len(self.pool) / self.world) / self.batch_size)
+
+    def plan(self) -> list:
+        """``(item index, label)`` per sample of the current epoch: training drops the last partial
+        batch; testing pads it with label -1 rows (dropped in ``__iter__``), since every batch the
+        pipeline makes is full."""
+        order = [self.pool[p] for p in epoch_order(len(self.pool), self.seed, self.epoch, self.train, self.rank,
+                                                   self.world)]
+        B = self.batch_size
+        if self.train:
+            return [(i, self.items[i].label) for i in order[:len(order) // B * B]]
+        return [(i, self.items[i].label) for i in order] + [(order[0], -1)] * (-len(order) % B) if order else []
+
+    def _sample(self, index: int, label: int, epoch: int):
+        """One sample's pipeline inputs: the encoded file (decoder mode) or the decoded frames (PyAV
+        mode); the frames to decode (every temporal view's, concatenated); the resize, mirror and one
+        crop start per spatial view; the label."""
+        item = self.items[index]
+        if self.mode == "decoder":
+            info = self.info[index]
+            n, h, w = info.frames, info.height, info.width
+        else:
+            video = decode_video(item.path)
+            n, h, w = video.shape[:3]
+        views = clip_views(self.cfg, n, h, w, self.train, sample_rng(self.seed, epoch, index))
+        sv = 1 if self.train else self.cfg.spatial_views
+        frames = np.concatenate([v.frames for v in views[::sv]])
+        if self.mode == "decoder":
+            data = (np.fromfile(item.path, dtype=np.uint8), frames.astype(np.int32))
+        else:
+            data = (np.ascontiguousarray(video[frames]),)
+        (nh, nw), flip = views[0].resize, views[0].flip
+        starts = [np.array(v.crop, dtype=np.int32) for v in views[:sv]]
+        return (*data, np.array(nh, dtype=np.float32), np.array(nw, dtype=np.float32),
+                np.array(int(flip), dtype=np.int32), *starts, np.array([label], dtype=np.int32))
+
+    def _pipeline(self, plan: list, epoch: int):
+        from nvidia.dali import fn, pipeline_def, types
+
+        size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
+
+        def source(info):
+            if info.idx_in_epoch >= len(plan):
+                raise StopIteration
+            return self._sample(*plan[info.idx_in_epoch], epoch)
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+                      seed=self.seed, prefetch_queue_depth=2)
+        def pipe():
+            decoder = self.mode == "decoder"
+            head = [("", types.UINT8), ("", types.INT32)] if decoder else [("FHWC", types.UINT8)]
+            outs = fn.external_source(source=source, num_outputs=len(head) + 4 + sv, batch=False,
+                                      layout=[h[0] for h in head] + [""] * (4 + sv),
+                                      dtype=[h[1] for h in head] + [types.FLOAT] * 2 + [types.INT32] * (2 + sv))
+            nh, nw, mirror, *starts, label = outs[len(head):]
+            if decoder:
+                # DALI 2.4's fn.decoders.video takes explicit frame indices per sample (`frames=`, any
+                # order, repeats allowed); fn.experimental.readers.video only takes a start and stride
+                video = fn.decoders.video(outs[0], frames=outs[1], device="mixed" if self.gpu else "cpu")
+            else:
+                video = outs[0].gpu() if self.gpu else outs[0]
+            video = fn.resize(video, resize_y=nh, resize_x=nw, antialias=True)
+            mean, std = [255 * m for m in CLIP_MEAN], [255 * s for s in CLIP_STD]
+            crops = [fn.crop_mirror_normalize(fn.slice(video, start=start, shape=[size, size], axis_names="HW"),
+                                              mirror=mirror, output_layout="CFHW", dtype=types.FLOAT,
+                                              mean=mean, std=std)
+                     for start in starts]
+            return (*crops, label)
+
+        return pipe()
 
     def __iter__(self):
-        for out in self.it:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        plan = self.plan()
+        if not plan:
+            return
+        sv = 1 if self.train else self.cfg.spatial_views
+        names = [f"crop{k}" for k in range(sv)] + ["label"]
+        it = DALIGenericIterator(self._pipeline(plan, self.epoch), names, size=-1, auto_reset=False)
+        for out in it:
             d = out[0]
-            video, label = d["video"], d["label"].reshape(-1).long()
+            label = d["label"].reshape(-1).long()
+            if self.train:
+                video = d["crop0"]
+            else:  # [B, 3, TV*T, S, S] per spatial view -> [B, TV*SV, 3, T, S, S], temporal views outer
+                x = torch.stack([d[f"crop{k}"] for k in range(sv)], 1)
+                B, _, C, _, S = x.shape[:5]
+                tv, T = self.cfg.temporal_views, self.cfg.num_frames
+                video = x.view(B, sv, C, tv, T, S, S).permute(0, 3, 1, 2, 4, 5, 6).reshape(B, tv * sv, C, T, S, S)
             keep = label >= 0
             if not bool(keep.all()):
                 video, label = video[keep], label[keep]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .lists import VideoItem
-from .sampling import clip_indices
+from .sampling import ClipSampling, ClipView, clip_views, sample_rng
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,27 +33,15 @@ def decode_video(path: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def augment(clip: torch.Tensor, size: int, train: bool, flip: bool, scale: tuple, rng: np.random.Generator,
-            spatial_view: int = 1, num_spatial_views: int = 1) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [3, T, size, size], CLIP-normalised.
-
-    Train: short side resized to ``size * s`` (s uniform in ``scale``), random crop, random flip.
-    Test: short side to ``size``, crop at view ``spatial_view`` of ``num_spatial_views`` along the long side.
-    """
+def augment(clip: torch.Tensor, view: ClipView, size: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] (the view's frames) -> float [3, T, size, size], CLIP-normalised: resized
+    to ``view.resize``, cropped at ``view.crop``, mirrored if ``view.flip``."""
     x = clip.permute(0, 3, 1, 2).float().div_(255.0)  # T 3 H W
-    H, W = x.shape[-2:]
-    short = size * (rng.uniform(*scale) if train else 1.0)
-    nh, nw = max(size, round(H * short / min(H, W))), max(size, round(W * short / min(H, W)))
-    if (nh, nw) != (H, W):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    if train:
-        y0, x0 = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
-    else:
-        frac = (spatial_view + 0.5) / num_spatial_views if num_spatial_views > 1 else 0.5
-        y0 = round((nh - size) * (frac if nh > nw else 0.5))
-        x0 = round((nw - size) * (frac if nw >= nh else 0.5))
+    if tuple(view.resize) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=tuple(view.resize), mode="bilinear", align_corners=False, antialias=True)
+    y0, x0 = view.crop
     x = x[..., y0:y0 + size, x0:x0 + size]
-    if train and flip and rng.random() < 0.5:
+    if view.flip:
         x = x.flip(-1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -62,17 +50,18 @@ def augment(clip: torch.Tensor, size: int, train: bool, flip: bool, scale: tuple
 
 class VideoClipDataset(torch.utils.data.Dataset):
     """(clip [3, T, size, size], label) per item; in testing, each item yields all views
-    ([V, 3, T, size, size]). ``on_error="skip"`` returns None for a bad video (drop it with
-    :func:`collate_skip_bad`, which counts it); ``"raise"`` raises :class:`VideoDecodeError`."""
+    ([V, 3, T, size, size], V = temporal x spatial views, temporal outer). ``on_error="skip"`` returns
+    None for a bad video (drop it with :func:`collate_skip_bad`, which counts it); ``"raise"`` raises
+    :class:`VideoDecodeError`. Views and their randomness come from :mod:`.sampling`, keyed by
+    ``(seed, epoch, index)``."""
 
     def __init__(self, items: Sequence[VideoItem], num_frames: int = 8, mode: str = "stride", stride: int = 2,
                  size: int = 224, train: bool = True, flip: bool = True, scale: tuple = (1.0, 1.15),
                  temporal_views: int = 1, spatial_views: int = 1, on_error: str = "skip", seed: int = 0):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.items, self.num_frames, self.mode, self.stride = list(items), num_frames, mode, stride
-        self.size, self.train, self.flip, self.scale = size, train, flip, scale
-        self.tv, self.sv, self.on_error, self.seed, self.epoch = temporal_views, spatial_views, on_error, seed, 0
+        self.cfg = ClipSampling(num_frames, mode, stride, size, flip, tuple(scale), temporal_views, spatial_views)
+        self.items, self.train, self.on_error, self.seed, self.epoch = list(items), train, on_error, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation randomness is a function of (seed, epoch, index): runs and resumes repeat exactly."""
@@ -81,20 +70,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def views(self, i: int, num_video_frames: int, height: int, width: int) -> list[ClipView]:
+        """The views item ``i`` yields in the current epoch (what :meth:`load` decodes and crops)."""
+        return clip_views(self.cfg, num_video_frames, height, width, self.train, sample_rng(self.seed, self.epoch, i))
+
     def load(self, i: int):
         item = self.items[i]
         video = decode_video(item.path)
-        if len(video) < self.num_frames:
-            raise VideoDecodeError(f"{item.path}: too short ({len(video)} frames, need {self.num_frames})")
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if len(video) < self.cfg.num_frames:
+            raise VideoDecodeError(f"{item.path}: too short ({len(video)} frames, need {self.cfg.num_frames})")
         video = torch.from_numpy(video)
-        if self.train:
-            idx = clip_indices(len(video), self.num_frames, self.mode, self.stride, True, rng=rng)
-            return augment(video[idx], self.size, True, self.flip, self.scale, rng), item.label
-        views = [augment(video[clip_indices(len(video), self.num_frames, self.mode, self.stride, False, tv, self.tv)],
-                         self.size, False, False, self.scale, rng, sv, self.sv)
-                 for tv in range(self.tv) for sv in range(self.sv)]
-        return torch.stack(views), item.label
+        clips = [augment(video[v.frames], v, self.cfg.size) for v in self.views(i, *video.shape[:3])]
+        return (clips[0] if self.train else torch.stack(clips)), item.label
 
     def __getitem__(self, i: int):
         try:

@@ -1,10 +1,26 @@
 """Clip sampling as the release: T frames at a fixed stride (Kinetics) or one frame from each of T
-uniform segments (SSv2); random in training, evenly spaced views in testing."""
+uniform segments (SSv2); random in training, evenly spaced views in testing.
+
+This module is the one source of truth for what a loader feeds the model, so the PyAV and the DALI
+loaders agree by construction:
+
+* :func:`epoch_order`: which videos an epoch visits, in which order, on which rank;
+* :func:`sample_rng`: the generator of one sample's randomness, a pure function of
+  ``(seed, epoch, index)`` (so a resumed run repeats an uninterrupted one exactly, with no RNG state
+  to carry beyond the seed and the epoch);
+* :func:`clip_views`: the frame indices, resize, crop and flip of each view of one video.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
+
+from ..checks import check_int
+
+MODES = ("stride", "segments")
 
 
 def clip_indices(num_video_frames: int, num_frames: int, mode: str = "stride", stride: int = 2,
@@ -44,3 +60,97 @@ def clip_indices(num_video_frames: int, num_frames: int, mode: str = "stride", s
     else:
         raise ValueError(f"mode must be 'stride' or 'segments', got {mode!r}")
     return np.clip(idx, 0, num_video_frames - 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How clips are cut from a video and augmented (the CLI's clip flags)."""
+    num_frames: int = 8
+    mode: str = "stride"
+    stride: int = 2
+    size: int = 224
+    flip: bool = True
+    scale: tuple = (1.0, 1.15)
+    temporal_views: int = 1
+    spatial_views: int = 1
+
+    def __post_init__(self):
+        check_int("num_frames (--frames)", self.num_frames)
+        check_int("stride (--stride)", self.stride)
+        check_int("size (--image-size)", self.size)
+        check_int("temporal_views (--test-temporal-views)", self.temporal_views)
+        check_int("spatial_views (--test-spatial-views)", self.spatial_views)
+        if self.mode not in MODES:
+            raise ValueError(f"mode (--sampling) must be one of {MODES}, got {self.mode!r}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale!r}")
+
+    @classmethod
+    def from_args(cls, args) -> "ClipSampling":
+        return cls(num_frames=args.frames, mode=args.sampling, stride=args.stride, size=args.image_size,
+                   flip=not args.no_flip, temporal_views=args.test_temporal_views,
+                   spatial_views=args.test_spatial_views)
+
+    def num_views(self, train: bool) -> int:
+        return 1 if train else self.temporal_views * self.spatial_views
+
+
+@dataclass(frozen=True)
+class ClipView:
+    """One view of a video: its frames, resized to ``resize`` = (height, width), cropped to ``size`` x
+    ``size`` at ``crop`` = (top, left), then mirrored if ``flip``."""
+    frames: np.ndarray
+    resize: tuple
+    crop: tuple
+    flip: bool
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of the randomness of video ``index`` (its position in the loader's list) in
+    ``epoch``: a pure function of the three."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def clip_views(cfg: ClipSampling, num_video_frames: int, height: int, width: int, train: bool,
+               rng: Optional[np.random.Generator] = None) -> list[ClipView]:
+    """The views of one video of ``num_video_frames`` frames of ``height`` x ``width`` pixels.
+
+    Training: one random view. Its clip comes from :func:`clip_indices`, then the short side is resized
+    to ``size * s`` (``s`` uniform in ``cfg.scale``), the crop is random and so is the flip (when
+    ``cfg.flip``); ``rng`` is drawn in that order. Testing: ``temporal_views x spatial_views`` views
+    (temporal outer), evenly spaced clips, the short side resized to ``size``, crops evenly spaced
+    along the long side, no flip; ``rng`` is not used.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+
+    def geometry(short: float):
+        nh = max(cfg.size, round(height * short / min(height, width)))
+        nw = max(cfg.size, round(width * short / min(height, width)))
+        return nh, nw
+
+    if train:
+        frames = clip_indices(num_video_frames, cfg.num_frames, cfg.mode, cfg.stride, True, rng=rng)
+        nh, nw = geometry(cfg.size * rng.uniform(*cfg.scale))
+        crop = (int(rng.integers(0, nh - cfg.size + 1)), int(rng.integers(0, nw - cfg.size + 1)))
+        flip = bool(cfg.flip and rng.random() < 0.5)
+        return [ClipView(frames, (nh, nw), crop, flip)]
+    nh, nw = geometry(float(cfg.size))
+    views = []
+    for tv in range(cfg.temporal_views):
+        frames = clip_indices(num_video_frames, cfg.num_frames, cfg.mode, cfg.stride, False, tv, cfg.temporal_views)
+        for sv in range(cfg.spatial_views):
+            frac = (sv + 0.5) / cfg.spatial_views if cfg.spatial_views > 1 else 0.5
+            crop = (round((nh - cfg.size) * (frac if nh > nw else 0.5)),
+                    round((nw - cfg.size) * (frac if nw >= nh else 0.5)))
+            views.append(ClipView(frames, (nh, nw), crop, False))
+    return views
+
+
+def epoch_order(n: int, seed: int, epoch: int, train: bool, rank: int = 0, world: int = 1) -> list[int]:
+    """Positions ``0..n-1`` this rank visits in ``epoch``, in order. Training: a permutation seeded by
+    ``(seed, epoch)``, sharded over ranks with equal lengths (DDP steps in lockstep). Testing: every
+    position once over all ranks, in list order."""
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)) if train
+             else torch.arange(n))
+    shard = order[rank::world]
+    return (shard[:n // world] if train else shard).tolist()

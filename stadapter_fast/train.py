@@ -39,6 +39,23 @@ DEFAULT_DATA = "data/synthetic"
 _TINY_TIMM_KWARGS = '{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}'
 
 
+def _int_at_least(minimum: int):
+    """An argparse ``type``: an int >= ``minimum``; else argparse's error names the flag, what it
+    expects and what it got."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+_POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an argument's default unless it is None or the help text already says it."""
 
@@ -59,19 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
     d.add_argument("--loader", choices=["auto", "dali", "pyav"], default="auto",
                    help="auto: DALI if installed, else the PyAV DataLoader")
-    d.add_argument("--workers", type=int, default=0, help="DataLoader workers / DALI threads (0: main process / 1 thread)")
+    d.add_argument("--workers", type=_NON_NEGATIVE, default=0,
+                   help="DataLoader workers / DALI threads (0: main process / 1 thread)")
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
                    help="skip (count and report at epoch end) or fail on the first unreadable/short video")
     c = ap.add_argument_group("clips: sampling and augmentation")
-    c.add_argument("--frames", type=int, default=8, help="frames per clip (T)")
+    c.add_argument("--frames", type=_POSITIVE, default=8, help="frames per clip (T)")
     c.add_argument("--sampling", choices=["stride", "segments"], default="stride",
                    help="stride: T frames STRIDE apart (Kinetics); segments: one per uniform segment (SSv2)")
-    c.add_argument("--stride", type=int, default=2, help="frame step of --sampling stride")
-    c.add_argument("--image-size", type=int, default=32, help="crop size (pixels, square)")
+    c.add_argument("--stride", type=_POSITIVE, default=2, help="frame step of --sampling stride")
+    c.add_argument("--image-size", type=_POSITIVE, default=32, help="crop size (pixels, square)")
     c.add_argument("--no-flip", action="store_true", help="no horizontal flips (SSv2-like, direction-sensitive data)")
-    c.add_argument("--test-temporal-views", type=int, default=1,
+    c.add_argument("--test-temporal-views", type=_POSITIVE, default=1,
                    help="evenly spaced clips per video in validation; the softmax is averaged over all views")
-    c.add_argument("--test-spatial-views", type=int, default=1, help="crops along the long side per clip in validation")
+    c.add_argument("--test-spatial-views", type=_POSITIVE, default=1,
+                   help="crops along the long side per clip in validation")
     m = ap.add_argument_group("model")
     m.add_argument("--backbone", default="timm:vit_tiny_patch16_224",
                    help="timm:<name>, open_clip:<name> or hf:<model id or built-in config, e.g. tiny-vit>")
@@ -111,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "less memory, one more forward of those blocks")
     o = ap.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=12)
-    o.add_argument("--batch-size", type=int, default=16, help="per process")
-    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    o.add_argument("--batch-size", type=_POSITIVE, default=16, help="per process")
+    o.add_argument("--grad-accum", type=_POSITIVE, default=1, help="micro-batches per optimizer step")
     o.add_argument("--lr", type=float, default=3e-3, help="peak lr (the release: 1e-3 x total batch / 256)")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's; none on biases and 1-D parameters")
     o.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then a per-step cosine")
@@ -125,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     r.add_argument("--seed", type=int, default=0, help="model init, clip order, sampling and augmentation")
     r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    r.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    r.add_argument("--val-every", type=_POSITIVE, default=1, help="validate every N epochs (and after the last)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--skip-nonfinite", action="store_true",
                    help="skip (and count in metrics.jsonl) a step whose loss or gradient is inf/NaN; default: stop "
@@ -273,13 +292,32 @@ _CHECKPOINT_KEYS = {"trainable": dict, "opt": dict, "sched": dict, "scaler": dic
                     "metrics": list, "rng": dict}
 
 
-def _checkpoint_problem(ck, model: torch.nn.Module, opt) -> Optional[str]:
-    """What makes ``ck`` unusable for ``model``/``opt``, or None."""
+def _data_rng_problem(saved, epoch: int, data_seed: Optional[int]) -> Optional[str]:
+    """What is wrong with the loader's RNG state in ``last.pt`` (absent in older files), or None. Each
+    epoch's clip order, sampling and augmentation are pure functions of (seed, epoch, index), so the
+    seed is the state to match; the epoch follows the checkpoint's."""
+    if saved is None:
+        return None
+    if not isinstance(saved, dict) or not all(type(saved.get(k)) is int for k in ("seed", "epoch")):
+        return f"entry 'data_rng' is {saved!r}, expected {{'seed': int, 'epoch': int}}"
+    if saved["epoch"] != epoch:
+        return f"entry 'data_rng' is for epoch index {saved['epoch']}, the checkpoint for epoch index {epoch}"
+    if data_seed is not None and saved["seed"] != data_seed:
+        return (f"--seed: the run in it sampled and augmented clips with --seed {saved['seed']}, got --seed "
+                f"{data_seed}; resume with --seed {saved['seed']} to continue it exactly")
+    return None
+
+
+def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int] = None) -> Optional[str]:
+    """What makes ``ck`` unusable for ``model``/``opt`` (and a loader seeded with ``data_seed``), or None."""
     if not isinstance(ck, dict):
         return f"holds a {type(ck).__name__}, not a checkpoint dict"
     for key, kind in _CHECKPOINT_KEYS.items():
         if not isinstance(ck.get(key), kind):
             return f"entry {key!r} is {type(ck.get(key)).__name__}, expected {kind.__name__}"
+    problem = _data_rng_problem(ck.get("data_rng"), ck["epoch"], data_seed)
+    if problem:
+        return problem
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = ck["trainable"]
     missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
@@ -297,10 +335,12 @@ def _checkpoint_problem(ck, model: torch.nn.Module, opt) -> Optional[str]:
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> dict:
-    """Load ``last.pt`` for ``--resume``. ``weights_only=True``: a hostile file cannot run code. Every
-    check comes before the first change, so a damaged file raises a ValueError naming it and the
-    problem, and changes nothing."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
+                    data_seed: Optional[int] = None) -> dict:
+    """Load ``last.pt`` for ``--resume``; ``data_seed`` (the loaders' ``--seed``) must be the one the
+    checkpointed run sampled its clips with. ``weights_only=True``: a hostile file cannot run code.
+    Every check comes before the first change, so a damaged file raises a ValueError naming it and
+    the problem, and changes nothing."""
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     try:
@@ -311,7 +351,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler) -> d
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). A last.pt that holds "
                          f"objects beyond tensors and plain types (e.g. numpy RNG state, as older versions wrote) "
                          f"is refused: start a new run") from e
-    problem = _checkpoint_problem(ck, model, opt)
+    problem = _checkpoint_problem(ck, model, opt, data_seed)
     if problem:
         raise ValueError(f"--resume: {path}: {problem}; nothing was loaded")
     params = dict(model.named_parameters())
@@ -473,7 +513,8 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
     model = build_model(args, num_classes, device)
     ddp_model = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.grad_accum))
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
@@ -486,7 +527,8 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
 
 def resume(tr: Trainer) -> None:
     """Continue from ``last.pt``: weights, optimizer, schedule, scaler, RNG states, metrics."""
-    ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler)
+    ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler,
+                         data_seed=tr.train_loader.rng_state()["seed"])
     tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
     tr.last_good = f"{tr.ckpt_path} (after epoch {tr.start_epoch}, step {tr.step})"
     if tr.rank == 0:
@@ -567,7 +609,8 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         _update(tr, epoch)
     dt = time.time() - t0
     if bad and tr.rank == 0:
-        print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5])
+              + (" ..." if len(bad) > 5 else ""))
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9), "train_bad": len(bad),
            **tr.counts}
@@ -581,7 +624,7 @@ def save_checkpoint(tr: Trainer, epoch: int) -> None:
     plain_args = json.loads(json.dumps(vars(tr.args), default=str))  # Paths as str
     atomic_save({"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
                  "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
-                 "rng": _rng_state(), "args": plain_args}, tr.ckpt_path)
+                 "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args}, tr.ckpt_path)
     tr.last_good = f"{tr.ckpt_path} (after epoch {epoch + 1}, step {tr.step})"
     _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
 

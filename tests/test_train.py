@@ -37,20 +37,42 @@ def test_two_step_run_writes_outputs(data, tmp_path, loader):
     assert meta["head"]["num_classes"] == 4 and meta["adapter_config"]["kernel_size"] == [3, 1, 1]
 
 
-def test_resume_continues_exactly(data, tmp_path):
-    common = ["--loader", "pyav", "--epochs", "2", "--dropout", "0.5"]
-    main(args(data, tmp_path / "straight", *common))
-    main(args(data, tmp_path / "resumed", *common[:-4], "--epochs", "1", "--dropout", "0.5"))
-    main(args(data, tmp_path / "resumed", *common, "--resume"))
+@pytest.fixture(scope="module")
+def data_vp9(tmp_path_factory):
+    """VP9 only: DALI's CPU decoder reads every file (the mixed dataset goes through PyAV in DALI)."""
+    return make_synthetic(tmp_path_factory.mktemp("syn_vp9"), n_train=16, n_val=8, frames=16, size=32, seed=2,
+                          codecs=("vp9",))
+
+
+@pytest.mark.parametrize("loader", ["pyav", "dali"])
+def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
+    """Epoch 2 of a run resumed from last.pt sees the clips and augmentations of an uninterrupted run's
+    epoch 2 (the loaders' randomness is a function of (seed, epoch, index); last.pt records both), so
+    the weights end bit-identical."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+        data = data_vp9
+    common = ["--loader", loader, "--dropout", "0.5"]
+    main(args(data, tmp_path / "straight", *common, "--epochs", "2", "--seed", "3"))
+    main(args(data, tmp_path / "resumed", *common, "--epochs", "1", "--seed", "3"))
+    s = main(args(data, tmp_path / "resumed", *common, "--epochs", "2", "--seed", "3", "--resume"))
+    assert s["loader"] == {"pyav": "pyav", "dali": "dali-cpu-decoder"}[loader]
     # tensors and plain types only: loads without unpickling arbitrary objects
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
+    assert a["data_rng"] == b["data_rng"] == {"seed": 3, "epoch": 1}
     for k in a["trainable"]:
         assert torch.equal(a["trainable"][k], b["trainable"][k]), k
     assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
     lines = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == b["metrics"]
+    # another seed would sample other clips: refused, naming the flag, the expected and the given value
+    ckpt = (tmp_path / "resumed" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"--seed: the run in it sampled and augmented clips with --seed 3, got "
+                                         r"--seed 4; resume with --seed 3"):
+        main(args(data, tmp_path / "resumed", *common, "--epochs", "3", "--seed", "4", "--resume"))
+    assert (tmp_path / "resumed" / "last.pt").read_bytes() == ckpt
 
 
 class _Hostile:
@@ -142,7 +164,8 @@ def test_kernel_path_flag_and_its_deprecated_alias():
     ap = build_parser()
     assert ap.parse_args([]).kernel_path == "auto"
     for path in ("two_pass", "one_pass"):
-        assert ap.parse_args(["--kernel-path", path]).kernel_path == ap.parse_args(["--adapter-path", path]).kernel_path == path
+        new, old = ap.parse_args(["--kernel-path", path]), ap.parse_args(["--adapter-path", path])
+        assert new.kernel_path == old.kernel_path == path
     assert "--kernel-path" in ap.format_help() and "--adapter-path" not in ap.format_help()
     with pytest.raises(SystemExit):
         ap.parse_args(["--kernel-path", "three_pass"])

@@ -119,7 +119,7 @@ def test_damaged_or_hostile_checkpoint_is_refused_and_kept(data, tmp_path):
         assert not marker.exists(), "unpickling ran code"
 
 
-def testload_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
+def test_load_checkpoint_changes_nothing_on_a_bad_file(tmp_path):
     from stadapter_fast.train import load_checkpoint
 
     model = torch.nn.Linear(4, 3)
@@ -229,7 +229,7 @@ def test_half_backbone_defaults_to_autocast(data, tmp_path):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def testoptimizer_step_reports_nonfinite_gradients(scaled):
+def test_optimizer_step_reports_nonfinite_gradients(scaled):
     """An inf gradient: without a GradScaler nothing updates and the step is "nonfinite"; with fp16's
     GradScaler the scaler skips the update as designed and the step is reported "amp_skipped"."""
     from stadapter_fast.train import optimizer_step

@@ -48,7 +48,8 @@ VARIANTS = [("k311", (3, 1, 1), "none"), ("k333relu", (3, 3, 3), "relu")]
 PROVIDERS = ["reference", "reference_compiled", "reference_channels_last", "fast", "fast_compiled",
              "fast_torch_compiled", "fast_onepass"]
 MODEL_PROVIDERS = ["reference", "reference_compiled", "fast", "fast_compiled", "fast_torch_compiled", "fast_onepass"]
-ADAPTER_PROVIDERS = [p for p in PROVIDERS if p != "fast_onepass"]  # the conv op alone has no one-pass form
+#: the conv op alone (level 1) has no one-pass form
+CONV_PROVIDERS = [p for p in PROVIDERS if not p.startswith("fast_onepass")]
 
 OP_DTYPES = [torch.bfloat16, torch.float16, torch.float32] if device() == "cuda" else [torch.float32, torch.bfloat16]
 AMP_DTYPES = [torch.bfloat16, torch.float16] if device() == "cuda" else [torch.bfloat16]

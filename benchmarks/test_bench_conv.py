@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks._cases import ADAPTER_PROVIDERS, OP_DTYPES, SHAPES, VARIANTS, dtype_id, provider_backend
+from benchmarks._cases import CONV_PROVIDERS, OP_DTYPES, SHAPES, VARIANTS, dtype_id, provider_backend
 from benchmarks._harness import device, rotated_inputs
 from benchmarks.conftest import skip_unavailable
 from stadapter_fast import st_adapter_conv
@@ -58,7 +58,7 @@ def build_conv(shape, ks, act, dtype, mode, provider, compile_mode):
     return step, output
 
 
-@pytest.mark.parametrize("provider", ADAPTER_PROVIDERS)
+@pytest.mark.parametrize("provider", CONV_PROVIDERS)
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("dtype", OP_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v[0])

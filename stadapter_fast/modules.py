@@ -92,7 +92,7 @@ class FastSTAdapter(_STAdapterBase):
         in_channels: token width C of the backbone (768 for ViT-B).
         adapter_channels: bottleneck width Ca (384 in the release).
         kernel_size: odd ``(kt, kh, kw)``; the release uses ``(3, 1, 1)``.
-        act: None (the release: no activation), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
+        act: None (the release: no activation) or a name in :data:`stadapter_fast.ACTIVATIONS` ("relu", "gelu", ...).
         num_prefix_tokens: leading class/register tokens, passed through unchanged.
         grid_size: ``(H, W)`` patch grid; None infers a square grid from ``L - num_prefix_tokens``.
         backend: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch".

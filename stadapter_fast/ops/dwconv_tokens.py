@@ -368,7 +368,7 @@ def st_adapter_conv(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         T: frames per clip.
         grid_size: ``(H, W)`` of the patch grid, or None for a square grid of ``L - num_prefix_tokens``.
         num_prefix_tokens: leading tokens (class/register) that the conv skips.
-        act: None/"none" (the official release), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
+        act: None/"none" (the official release) or another name in :data:`ACTIVATIONS` ("relu", "gelu", ...).
         backend: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch".
         prefix_mode: "skip" (prefix rows of the output are zero) or "no_conv" (they are ``act(h)``:
             no conv, no bias; mmaction2's adapter), see :data:`PREFIX_MODES`.

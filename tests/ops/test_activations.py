@@ -52,7 +52,7 @@ def test_table_pytorch_definitions_and_cli_agree():
     for name in ACTIVATIONS:
         act_fwd(x, name)  # every name has a PyTorch definition (an unknown one raises)
     with pytest.raises(ValueError, match="act must be one of"):
-        act_fwd(x, "tanh")
+        act_fwd(x, "no_such_activation")
     act_action = next(a for a in build_parser()._actions if a.dest == "act")
     assert set(act_action.choices) == set(ACTIVATIONS) - {"none"}
 

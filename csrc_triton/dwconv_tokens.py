@@ -188,9 +188,11 @@ def prefix_act_rows(h: torch.Tensor, out: torch.Tensor, P: int, act: int,
 def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
                       bias: torch.Tensor | None, T: int, H: int, W: int, p: int,
                       kernel_size: tuple[int, int, int], act: int, config: dict | None = None,
-                      flip_config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      flip_config: dict | None = None,
+                      zero_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``z = act(conv(h) + bias)`` given ``dz`` (same layout as z, prefix rows ignored).
     ``config`` / ``flip_config``: force the configs of the backward and transposed-conv kernels.
+    ``zero_prefix=False`` leaves ``dh``'s prefix rows unwritten, for a caller that writes them.
 
     Returns ``(dh, dw2d, dbias)``: ``dh`` shaped like ``h`` (contiguous, prefix rows zero),
     ``dw2d`` [C, taps] and ``dbias`` [C] in the accumulation dtype (fp32, or fp64 for fp64 input).
@@ -204,7 +206,8 @@ def dwconv_tokens_bwd(dz: torch.Tensor, h: torch.Tensor, w2d: torch.Tensor,
     taps = kt * kh * kw
     acc_t = acc_dtype(h.dtype)
     dh = torch.empty((N, L, C), dtype=h.dtype, device=h.device)
-    dh[:, :p].zero_()
+    if zero_prefix:
+        dh[:, :p].zero_()
     if M == 0:
         z = torch.zeros((C, taps), dtype=acc_t, device=h.device)
         return dh, z, z[:, 0].clone()

@@ -196,7 +196,7 @@ def _triton_bwd(dz, h, weight, bias, T, H, W, P, act, through=False):
     C = h.shape[2]
     dz, h = unit_channel_stride(dz), unit_channel_stride(h)
     dh, dw, db = kernels.dwconv_tokens_bwd(dz, h, weight.reshape(C, -1).contiguous(), bias, T, H, W, P,
-                                     tuple(weight.shape[2:]), ACTIVATIONS[act])
+                                           tuple(weight.shape[2:]), ACTIVATIONS[act], zero_prefix=not through)
     if through:
         kernels.prefix_act_rows(h, dh, P, ACTIVATIONS[act], dz=dz)
     return dh, dw, db

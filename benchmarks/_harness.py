@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
+from stadapter_fast.swap import rel_err  # noqa: F401  (the output checks: harness.rel_err)
+
 L2_BYTES = 50 * 2 ** 20  # H100 L2; H200 is the same. Inputs smaller than 2x this are rotated.
 
 
@@ -213,13 +215,6 @@ def versions() -> dict:
     except ImportError:
         out["triton"] = None
     return out
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``max|actual - expected| / max|expected|``, computed in fp64 (the tests' tolerances and the
-    benchmarks' output checks both use it)."""
-    a, e = actual.detach().double(), expected.detach().double()
-    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
 
 
 # Tolerances for "outputs checked equal before timing": relative to the output's max, per dtype.

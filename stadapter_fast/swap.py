@@ -125,6 +125,13 @@ def _is_mmaction2_adapter(m: nn.Module) -> bool:
 PROBE_RTOL = 1e-9
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|actual - expected| / max|expected|``, computed in fp64: the relative error of the probe, of
+    ``python -m stadapter_fast.kernel_check``, of the tests' tolerances and of the benchmarks' checks."""
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+
+
 def _probe_input_shape(new: Union[FastSTAdapter, FastMMAction2STAdapter]) -> tuple[int, int, int]:
     """(T, B*T, L) of a probe clip: every tap of the kernel meets real (not padded) tokens."""
     kt, kh, kw = new.kernel_size
@@ -168,7 +175,7 @@ def probe_equivalent(old: nn.Module, new: Union[FastSTAdapter, FastMMAction2STAd
             return False, f"{'the module' if m is ref else type(cand).__name__} raised {type(e).__name__}: {e}"
         outs.append((y.detach(), dx))
     for what, a, b in zip(("output", "input gradient"), outs[0], outs[1]):
-        err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+        err = rel_err(b, a)
         if not err <= PROBE_RTOL:
             return False, f"{what} differs (relative error {err:.1e})"
     return True, ""

@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from benchmarks._harness import rel_err  # noqa: F401  (tests import it from here)
+from stadapter_fast.swap import rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 TRITON_OK = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"

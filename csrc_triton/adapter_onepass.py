@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (INTERPRET, TunedKernel, act_fwd, act_grad, check_clips, check_token_tensor, conv_tile,
-                     on_device, prefix_coords, store_wgrad_partials, tile_coords, tl_acc_dtype, token_args,
-                     token_coords, token_programs)
+from .common import (INTERPRET, TunedKernel, act_fwd, act_grad, check_clips, check_token_tensor, config_space,
+                     conv_tile, on_device, prefix_coords, store_wgrad_partials, tile_coords, tl_acc_dtype,
+                     token_args, token_coords, token_programs)
 from .dtypes import acc_dtype
 from .dwconv_tokens import dwconv_tokens_fwd
 
@@ -183,26 +183,28 @@ def _bwd_interp(C: int, Ca: int) -> dict:
 
 #: GPU configs of the one-pass forward: (tokens, output channels, bottleneck chunk) tiles. Larger
 #: BLOCK_N recomputes z less often (C / BLOCK_N times); larger BLOCK_M re-reads W2 less.
-FWD_SPACE = [
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4),
-    dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_S=8, num_warps=4),   # T-major: 8 frames x 8 positions
-]
+FWD_SPACE = config_space(
+    "BLOCK_M BLOCK_N BLOCK_K GROUP_S num_warps",
+    (64, 128, 32, 0, 4),
+    (128, 128, 32, 0, 8),
+    (64, 64, 64, 0, 4),
+    (128, 64, 64, 0, 4),
+    (64, 256, 32, 0, 8),
+    (128, 256, 32, 0, 8),
+    (64, 128, 32, 8, 4),    # T-major: 8 frames x 8 positions
+)
 #: GPU configs of the fused backward: (tokens, bottleneck channels, C chunk of the dz dot) tiles.
 #: Larger BLOCK_K re-reads dy less often (Ca / BLOCK_K times).
-BWD_SPACE = [
-    dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, num_warps=4),
-    dict(BLOCK_M=64, BLOCK_K=128, BLOCK_N=64, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_K=64, BLOCK_N=64, num_warps=8),
-    dict(BLOCK_M=128, BLOCK_K=128, BLOCK_N=32, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_K=128, BLOCK_N=32, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_K=32, BLOCK_N=128, num_warps=4),
-    dict(BLOCK_M=64, BLOCK_K=64, BLOCK_N=64, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
-]
+BWD_SPACE = config_space(
+    "BLOCK_M BLOCK_K BLOCK_N GROUP_S num_warps",
+    (64, 64, 64, 0, 4),
+    (64, 128, 64, 0, 4),
+    (128, 64, 64, 0, 8),
+    (128, 128, 32, 0, 8),
+    (64, 128, 32, 0, 8),
+    (64, 32, 128, 0, 4),
+    (64, 64, 64, 8, 4),     # T-major: 8 frames x 8 positions
+)
 _KEY = ["C", "Ca", "T", "H", "W", "KT", "KH", "KW", "ACT", "HAS_R", "PREFIX_ROWS"]
 onepass_fwd_kernel = TunedKernel(_onepass_fwd_kernel, FWD_SPACE, _KEY + ["STORE_PRE"], _fwd_interp)
 onepass_bwd_kernel = TunedKernel(_onepass_bwd_kernel, BWD_SPACE, _KEY + ["LOAD_PRE"], _bwd_interp)

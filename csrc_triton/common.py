@@ -234,6 +234,15 @@ def check_clips(N: int, T: int) -> None:
 DEFAULTS = dict(GROUP_S=0)
 
 
+def config_space(columns: str, *rows: tuple) -> list[dict]:
+    """A tuning space written as a table: ``columns`` names the meta-parameters (space-separated), each
+    row is one config."""
+    names = columns.split()
+    if any(len(r) != len(names) for r in rows):
+        raise ValueError(f"every row of a tuning space needs {len(names)} values ({columns})")
+    return [dict(zip(names, r)) for r in rows]
+
+
 class TunedKernel:
     """A ``@triton.jit`` kernel with its launch configurations.
 

@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (INTERPRET, TunedKernel, act_fwd, act_grad, check_clips, check_token_tensor, conv_tile,
-                     on_device, prefix_coords, store_wgrad_partials, tile_coords, tl_acc_dtype, token_args,
-                     token_programs)
+from .common import (INTERPRET, TunedKernel, act_fwd, act_grad, check_clips, check_token_tensor, config_space,
+                     conv_tile, on_device, prefix_coords, store_wgrad_partials, tile_coords, tl_acc_dtype,
+                     token_args, token_programs)
 from .dtypes import acc_dtype
 
 
@@ -117,16 +117,17 @@ def _conv_interp(C: int) -> dict:
 #: GPU configs of the two conv kernels (bandwidth-bound: tile shape, token order and warps). No
 #: BLOCK_M below 64: the backward's partial-sum buffer is (taps + 1) * 4 / BLOCK_M bytes per token and
 #: channel (for (3,3,3) at BLOCK_M=64 already 0.9x the size of a bf16 h).
-CONV_SPACE = [
-    dict(BLOCK_M=64, BLOCK_C=128, GROUP_S=0, num_warps=4),
-    dict(BLOCK_M=64, BLOCK_C=32, GROUP_S=0, num_warps=2),
-    dict(BLOCK_M=128, BLOCK_C=64, GROUP_S=0, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_C=128, GROUP_S=0, num_warps=8),
-    dict(BLOCK_M=256, BLOCK_C=64, GROUP_S=0, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_C=64, GROUP_S=0, num_warps=2),
-    dict(BLOCK_M=64, BLOCK_C=128, GROUP_S=8, num_warps=4),    # T-major: 8 frames x 8 positions
-    dict(BLOCK_M=128, BLOCK_C=64, GROUP_S=16, num_warps=4),
-]
+CONV_SPACE = config_space(
+    "BLOCK_M BLOCK_C GROUP_S num_warps",
+    (64, 128, 0, 4),
+    (64, 32, 0, 2),
+    (128, 64, 0, 4),
+    (128, 128, 0, 8),
+    (256, 64, 0, 8),
+    (64, 64, 0, 2),
+    (64, 128, 8, 4),    # T-major: 8 frames x 8 positions
+    (128, 64, 16, 4),
+)
 _CONV_KEY = ["C", "T", "H", "W", "KT", "KH", "KW", "ACT"]
 conv_fwd_kernel = TunedKernel(_dwconv_tokens_kernel, CONV_SPACE, _CONV_KEY + ["FLIP", "HAS_BIAS"], _conv_interp)
 conv_bwd_kernel = TunedKernel(_dwconv_tokens_bwd_kernel, CONV_SPACE, _CONV_KEY + ["HAS_BIAS"], _conv_interp)

@@ -11,9 +11,9 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from benchmarks import _harness as H
+from benchmarks import _harness as harness
 
-WARMUP, ROUNDS = (3, 10) if H.device() == "cuda" else (2, 15)
+WARMUP, ROUNDS = (3, 10) if harness.device() == "cuda" else (2, 15)
 BASELINE_PROVIDERS = ("reference", "reference_compiled")
 _REF_OUT: dict = {}
 
@@ -40,7 +40,7 @@ def compile_mode(request) -> str:
 
 def skip_unavailable(provider: str) -> None:
     """Compiled and cuDNN providers are GPU rows; the CPU run compares fast (torch path) vs reference."""
-    if H.device() != "cuda" and provider not in ("reference", "fast", "fast_onepass"):
+    if harness.device() != "cuda" and provider not in ("reference", "fast", "fast_onepass"):
         pytest.skip(f"{provider} is benchmarked on GPU only (CPU runs compare fast vs reference)")
 
 
@@ -56,8 +56,8 @@ class Row:
     def _measure(self, provider: str):
         """(timing, peak bytes) of one provider, measured the same way as :meth:`run`'s rows."""
         step, _ = self.build(provider)
-        timing = H.measure(step, WARMUP, ROUNDS)
-        return timing, H.peak_memory_bytes(lambda: step(0))
+        timing = harness.measure(step, WARMUP, ROUNDS)
+        return timing, harness.peak_memory_bytes(lambda: step(0))
 
     def _reference_output(self, output_fn) -> torch.Tensor:
         k = self.key + (self.mode,)
@@ -66,42 +66,43 @@ class Row:
             _REF_OUT[k] = self.build("reference")[1]()
         return _REF_OUT[k]
 
-    def _baseline(self, provider: str) -> tuple[H.Timing, Optional[int]]:
+    def _baseline(self, provider: str) -> tuple[harness.Timing, Optional[int]]:
         k = self.key + (self.mode, provider)
-        if k not in H.BASELINES.timing:
-            H.BASELINES.timing[k], H.BASELINES.peak[k] = self._measure(provider)
-        return H.BASELINES.timing[k], H.BASELINES.peak[k]
+        if k not in harness.BASELINES.timing:
+            harness.BASELINES.timing[k], harness.BASELINES.peak[k] = self._measure(provider)
+        return harness.BASELINES.timing[k], harness.BASELINES.peak[k]
 
     def run(self, provider: str) -> None:
         step, output = self.build(provider)
         # outputs checked equal before timing
         if provider != "reference":
-            err = H.rel_err(output(), self._reference_output(output))
-            tol = H.CHECK_RTOL[self.dtype]
+            err = harness.rel_err(output(), self._reference_output(output))
+            tol = harness.CHECK_RTOL[self.dtype]
             assert err <= tol, f"{provider} output differs from reference: rel err {err:.2e} > {tol:.0e}"
         # pytest-benchmark's own statistics: eager wall time of synchronized calls (the JSON's "stats");
-        # the row's figures (extra_info) come from H.measure: device, back-to-back wall and graph time
+        # the row's figures (extra_info) come from harness.measure: device, back-to-back wall and graph time
         calls = iter(range(10 ** 9))
-        self.benchmark.pedantic(lambda: (step(next(calls)), H.sync()), rounds=ROUNDS,
+        self.benchmark.pedantic(lambda: (step(next(calls)), harness.sync()), rounds=ROUNDS,
                                 warmup_rounds=WARMUP, iterations=1)
-        timing = H.measure(step, 0, ROUNDS)
-        peak = H.peak_memory_bytes(lambda: step(0))
+        timing = harness.measure(step, 0, ROUNDS)
+        peak = harness.peak_memory_bytes(lambda: step(0))
         k = self.key + (self.mode, provider)
         if provider in BASELINE_PROVIDERS:
-            H.BASELINES.timing[k], H.BASELINES.peak[k] = timing, peak
+            harness.BASELINES.timing[k], harness.BASELINES.peak[k] = timing, peak
         t = timing.device_s
         info = self.benchmark.extra_info
         info.update(level=self.level, case="/".join(map(str, self.key)), mode=self.mode, provider=provider,
-                    dtype=str(self.dtype).replace("torch.", ""), device=H.device_rates().name, **H.versions(),
-                    **timing.info())
+                    dtype=str(self.dtype).replace("torch.", ""), device=harness.device_rates().name,
+                    **harness.versions(), **timing.info())
         ref, ref_peak = self._baseline("reference")
         info.update(_speedups(timing, ref, "reference"))
         comp_key = self.key + (self.mode, "reference_compiled")
-        if H.device() == "cuda" and (_OPTS.get("compiled_baseline", True) or comp_key in H.BASELINES.timing):
+        compiled_ran = comp_key in harness.BASELINES.timing
+        if harness.device() == "cuda" and (_OPTS.get("compiled_baseline", True) or compiled_ran):
             info.update(_speedups(timing, self._baseline("reference_compiled")[0], "reference_compiled"))
         info["peak_mem_mb"] = None if peak is None else peak / 2 ** 20
         info["mem_ratio_vs_reference"] = None if not (peak and ref_peak) else peak / ref_peak
-        rates = H.device_rates()
+        rates = harness.device_rates()
         info["copy_gbps_device"], info["matmul_tflops_device"] = rates.copy_gbps, rates.matmul_tflops
         if self.min_bytes:
             info["min_bytes"] = self.min_bytes
@@ -114,7 +115,7 @@ class Row:
             info["floor_fraction"] = floor / t
 
 
-def _speedups(timing: H.Timing, base: H.Timing, name: str) -> dict:
+def _speedups(timing: harness.Timing, base: harness.Timing, name: str) -> dict:
     """Speed-ups over a baseline provider: device time (the headline), eager wall and graph time."""
     out = {f"speedup_vs_{name}": base.device_s / timing.device_s,
            f"wall_speedup_vs_{name}": base.wall_s / timing.wall_s}

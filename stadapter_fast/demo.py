@@ -9,7 +9,8 @@
 4. Prints val top-1 and clips/s of each. The adapters must clearly beat the baseline (it cannot tell
    the direction: its ceiling is 50%); exits non-zero otherwise.
 
-On a GPU machine the same command trains on the GPU (and decodes with DALI on the GPU, if installed).
+On a GPU machine the same command trains on the GPU; with DALI installed it decodes with DALI's GPU
+("mixed") decoder, a route not yet run on a GPU.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class STAdapterConfig:
     Args:
         adapter_channels: bottleneck width Ca (384 in the release).
         kernel_size: odd (kt, kh, kw); the release uses (3, 1, 1).
-        act: None (the release), "relu", "gelu", "gelu_tanh", "quick_gelu", "silu".
+        act: None (the release) or a name in :data:`stadapter_fast.ACTIVATIONS` ("relu", "gelu", ...).
         positions: any of "pre_attn", "pre_mlp" ("pre_mlp" alone = the release's 12x384 on K400;
             both = 24x384 for SSv2).
         layers: "all", an int k (the last k blocks), or a sequence of block indices.

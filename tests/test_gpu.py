@@ -239,7 +239,7 @@ def test_conv_backward_is_deterministic():
 
 def test_benchmark_harness_times_on_gpu():
     """The benchmark harness's device, wall and CUDA-graph times for an adapter training step."""
-    from benchmarks import _harness as H
+    from benchmarks import _harness as harness
 
     fast, _ = _adapters(768, 384, (3, 1, 1), None, 1, None, "two_pass", True)
     x = torch.randn(8 * 8, 197, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -252,7 +252,7 @@ def test_benchmark_harness_times_on_gpu():
             y = fast(x, 8)
         y.backward(dy)
 
-    timing = H.measure(step, 3, 10)
+    timing = harness.measure(step, 3, 10)
     assert timing.graph_error is None, timing.graph_error
     assert 0 < timing.graph_s and 0 < timing.device_s and 0 < timing.wall_s
     # a replay has no launch gaps: it cannot be much slower than the eager call's device time

@@ -105,7 +105,6 @@ def test_onepass_forward_every_config(i, act):
 @pytest.mark.parametrize("act,load_pre", [("none", False), ("gelu", False), ("gelu", True), ("none", True)])
 def test_onepass_backward_every_config(i, act, load_pre):
     import csrc_triton.adapter_onepass as onepass
-    import csrc_triton.dwconv_tokens as dwconv
 
     cfg = _onepass_spaces()[1][i]
     ks = (3, 1, 1) if i % 2 == 0 else (3, 3, 3)
@@ -125,8 +124,6 @@ def test_onepass_backward_every_config(i, act, load_pre):
 
 
 def test_spaces_are_small_and_well_formed():
-    import csrc_triton.dwconv_tokens as dwconv
-
     fwd, bwd = _onepass_spaces()
     assert (len(_conv_space()), len(fwd), len(bwd)) == (N_CONV, N_FWD, N_BWD)
     for space, keys in ((_conv_space(), {"BLOCK_M", "BLOCK_C"}), (fwd, {"BLOCK_M", "BLOCK_N", "BLOCK_K"}),

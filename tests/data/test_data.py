@@ -158,7 +158,7 @@ def _frames_with_identity(n, h, w, rng):
 def clip_videos(tmp_path_factory):
     from stadapter_fast.data.lists import VideoItem
 
-    root, rng = tmp_path_factory.mktemp("views"), np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("views")
     out = {}
     for codec, ext in (("vp9", "webm"), ("h264", "mp4")):
         out[codec] = []

@@ -13,9 +13,12 @@ resumed from ``last.pt`` (which records the seed and epoch) repeats an uninterru
 The DALI pipeline gets those per-sample decisions through ``fn.external_source`` and runs no random
 operator of its own. It decodes the listed frames, resizes, crops (``fn.slice``), mirrors and
 CLIP-normalises:
-  * GPU: ``fn.decoders.video(device="mixed")`` (NVDEC: H.264, HEVC, VP8/9, AV1, ...) on the file's bytes.
-  * CPU: DALI's CPU decoder handles VP8/VP9/MJPEG only, so when every file is one of those
-    ``fn.decoders.video(device="cpu")`` decodes; otherwise PyAV decodes in the source callback.
+  * GPU with NVDEC (the driver's ``libnvcuvid`` loads): ``fn.decoders.video(device="mixed")`` (H.264,
+    HEVC, VP8/9, AV1, ...) on the file's bytes.
+  * Otherwise DALI's CPU decoder, which handles VP8/VP9/MJPEG only: when every file is one of those
+    ``fn.decoders.video(device="cpu")`` decodes, else PyAV decodes in the source callback. On a GPU
+    without NVDEC the decoded frames then go to the GPU for the resize, crop and normalisation.
+:func:`dali_decode_plan` makes that choice; the loader's ``kind`` names it.
 """
 from __future__ import annotations
 
@@ -31,6 +34,31 @@ from .pyav_loader import CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError
 from .sampling import ClipSampling, clip_views, epoch_order, sample_rng
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
+
+
+def nvdec_available() -> bool:
+    """Whether the driver's NVDEC library (``libnvcuvid.so.1``, which DALI's mixed video decoder loads)
+    can be loaded here."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvcuvid.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def dali_decode_plan(gpu: bool, nvdec: bool, codecs: set) -> tuple[str, str, str]:
+    """Where the DALI pipeline decodes: ``(mode, decoder device, kind)``. ``mode`` is "decoder" (DALI's
+    video decoder on the file's bytes, on ``decoder device`` "mixed" = NVDEC or "cpu") or "pyav" (PyAV
+    in the source callback: codecs DALI's CPU decoder lacks, with no NVDEC to take them); ``kind`` names
+    the route, e.g. "dali-gpu-decoder" (NVDEC), "dali-gpu-cpu-decoder", "dali-cpu-pyav-source"."""
+    if gpu and nvdec:
+        return "decoder", "mixed", "dali-gpu-decoder"
+    side = "gpu" if gpu else "cpu"
+    if codecs <= DALI_CPU_CODECS:
+        return "decoder", "cpu", f"dali-{side}-{'cpu-' if gpu else ''}decoder"
+    return "pyav", "cpu", f"dali-{side}-pyav-source"
 
 
 def dali_available() -> bool:
@@ -129,8 +157,7 @@ class DALILoader:
         self.pool = sorted(self.info)
         codecs = {i.codec for i in self.info.values()}
         self.gpu = device.type == "cuda"
-        self.mode = "decoder" if self.gpu or codecs <= DALI_CPU_CODECS else "pyav"
-        self.kind = f"dali-{'gpu' if self.gpu else 'cpu'}-{'decoder' if self.mode == 'decoder' else 'pyav-source'}"
+        self.mode, self.decode_device, self.kind = dali_decode_plan(self.gpu, self.gpu and nvdec_available(), codecs)
         self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
         self.batch_size, self.threads = args.batch_size, max(1, args.workers)
         self.device_id = None
@@ -205,9 +232,11 @@ class DALILoader:
             if decoder:
                 # DALI 2.4's fn.decoders.video takes explicit frame indices per sample (`frames=`, any
                 # order, repeats allowed); fn.experimental.readers.video only takes a start and stride
-                video = fn.decoders.video(outs[0], frames=outs[1], device="mixed" if self.gpu else "cpu")
+                video = fn.decoders.video(outs[0], frames=outs[1], device=self.decode_device)
             else:
-                video = outs[0].gpu() if self.gpu else outs[0]
+                video = outs[0]
+            if self.gpu and self.decode_device == "cpu":  # decoded on the CPU: augment on the GPU
+                video = video.gpu()
             video = fn.resize(video, resize_y=nh, resize_x=nw, antialias=True)
             mean, std = [255 * m for m in CLIP_MEAN], [255 * s for s in CLIP_STD]
             crops = [fn.crop_mirror_normalize(fn.slice(video, start=start, shape=[size, size], axis_names="HW"),

@@ -187,6 +187,22 @@ def _which_frames(clip, video, view, size, cache):
     return best.indices.tolist(), best.values.max().item()
 
 
+@pytest.mark.parametrize("gpu,nvdec,codecs,plan", [
+    (True, True, {"h264", "vp9"}, ("decoder", "mixed", "dali-gpu-decoder")),
+    (True, False, {"vp9", "mjpeg"}, ("decoder", "cpu", "dali-gpu-cpu-decoder")),
+    (True, False, {"h264", "vp9"}, ("pyav", "cpu", "dali-gpu-pyav-source")),
+    (False, False, {"vp8"}, ("decoder", "cpu", "dali-cpu-decoder")),
+    (False, False, {"hevc"}, ("pyav", "cpu", "dali-cpu-pyav-source")),
+])
+def test_dali_decode_plan(gpu, nvdec, codecs, plan):
+    """NVDEC decodes every codec; without it DALI's CPU decoder takes VP8/VP9/MJPEG and PyAV the rest,
+    and on a GPU the decoded frames are augmented there."""
+    from stadapter_fast.data.loaders import dali_decode_plan, nvdec_available
+
+    assert dali_decode_plan(gpu, nvdec, codecs) == plan
+    assert isinstance(nvdec_available(), bool)
+
+
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
 @pytest.mark.parametrize("flags,train", [
     (["--sampling", "stride"], True),

@@ -73,4 +73,4 @@ bench: venv
 	$(PY) -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info build dist
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info build dist .gpu-deps

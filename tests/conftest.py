@@ -9,6 +9,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist: every worker with torch's default of one thread per core oversubscribes the cores (2
+# workers x 2 threads on CI's 2 cores). Share the cores among the workers; the environment variable
+# carries the share to the subprocesses that tests start (training runs, the benchmark suite).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # A CUDA torchvision wheel beside a CPU-only torch cannot import (hence timm/open_clip): the library's
 # narrowly targeted fix, applied once for every test module that imports them.
 from stadapter_fast._compat import ensure_torchvision_importable  # noqa: E402

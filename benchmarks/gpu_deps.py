@@ -92,6 +92,7 @@ def split(archive: Path, dest: Path, part_mib: float, contents: list) -> list:
     whole archive's sha256, N, the slice's index and sha256, and ``contents``. Returns the part dirs."""
     if part_mib <= 0:
         raise ValueError(f"part_mib: expected a positive size in MiB, got {part_mib}")
+    archive, dest = Path(archive), Path(dest)
     size, step = archive.stat().st_size, int(part_mib * 2 ** 20)
     n = max(1, -(-size // step))
     whole = _sha256(archive)
@@ -115,6 +116,7 @@ def pack(dest: Path = DEFAULT_DEST, wheel_dir: Path | None = None, part_mib: flo
          requirements=REQUIREMENTS, download: bool = True) -> list:
     """Download ``requirements`` (for the image's Python and platform) into ``wheel_dir``, install them
     into a staging tree, prune it, compress it (xz) and :func:`split` it into ``dest``."""
+    dest = Path(dest)
     wheel_dir = Path(wheel_dir or dest / "wheels")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
@@ -153,6 +155,7 @@ def _manifests(root: Path) -> list:
 def gather(src: Path = DEFAULT_DEST, stash: Path = DEFAULT_STASH) -> tuple[int, list]:
     """Copy the parts present under ``src`` (the carried ones) into ``stash``, each checked against its
     manifest. Returns (number of parts, indices still missing from the stash)."""
+    src, stash = Path(src), Path(stash)
     found = _manifests(src)
     stash.mkdir(parents=True, exist_ok=True)
     for m in found:
@@ -179,6 +182,7 @@ def _status(stash: Path) -> tuple[int, list]:
 
 def unpack(stash: Path = DEFAULT_STASH, site: Path = DEFAULT_SITE) -> Path:
     """Join the stashed parts, check the whole archive's sha256 and extract it into ``site``."""
+    stash, site = Path(stash), Path(site)
     n, missing = _status(stash)
     if not n or missing:
         what = f"parts {missing} of {n}" if n else "every part"

@@ -3,19 +3,20 @@
 # loaders alone, with PyAV and NVIDIA DALI, which the GPU image lacks and which come in parts.
 #   bash benchmarks/run_gpu_train.sh PHASES [OUT_DIR]      (OUT_DIR default: $OUT, else benchmarks/out)
 # Before the visit, here (PyPI reachable): `python -m benchmarks.gpu_deps pack` writes .gpu-deps/part-1..N
-# (~60 MiB each; the device tool carries 64 MiB per call). Then, back to back (files outside the repo
+# (60 MiB each; the device tool carries 64 MiB per call). Then, back to back (files outside the repo
 # stay on the machine only while it is warm, 30 s after a call), one call per part, each carrying that
-# part (carry: [".gpu-deps/part-K"]):
-#   call 1: "G D"    stash part 1; check NVDEC; make the 224x224 synthetic dataset
-#   call K: "G"      stash part K
-#   call N: "G E"    stash the last part; unpack; train the five configs; time the loaders
-# Phases: G stash the carried part(s) (benchmarks/gpu_deps.py gather; also reports libnvcuvid), D make
-# the dataset (TRAIN_VIDEOS, default 512; 32 val; 16 frames at 224, VP9 and H.264), E unpack the
-# packages and run benchmarks/train_gpu.py (CONFIGS, default 1,2,3,4,5; BATCH, default 32; WORKERS,
-# default 16; EPOCHS, default 3; limit 540 s). E brings back train_gpu.json, the table and the logs.
+# part (carry: [".gpu-deps/part-K"]), and one more call:
+#   calls 1..N-1: "G"    stash part K (the first call also reports NVDEC)
+#   call N:       "G U"  stash the last part; unpack; make the 224x224 synthetic dataset (needs PyAV)
+#   call N+1:     "E"    train the five configs and time the loaders alone (limit 540 s)
+# Phases: G stash the carried part(s) (benchmarks/gpu_deps.py gather) and report libnvcuvid; U unpack
+# the packages, check they import, make the dataset (TRAIN_VIDEOS, default 512; 32 val; 16 frames at
+# 224, VP9 and H.264); E run benchmarks/train_gpu.py (CONFIGS, default 1,2,3,4,5; LOADERS, default
+# pyav,dali; BATCH, default 32; WORKERS, default 16; EPOCHS, default 3; DEVICE, default cuda; COMMON,
+# default its ViT-B/16 arguments) and bring back train_gpu.json, the table and the logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PHASES="${1:?phases, e.g. 'G D', 'G' or 'G E'}"
+PHASES="${1:?phases, e.g. 'G', 'G U' or 'E'}"
 OUT_DIR="${2:-${OUT:-benchmarks/out}}"
 mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 want() { [[ " $PHASES " == *" $1 "* ]]; }
@@ -38,24 +39,31 @@ if want G; then
     | tee -a "$OUT_DIR/env_train.txt"
 fi
 
-if want D; then
+if want U || want E; then
+  # what the image lacks; `nvidia` stays a namespace package (gpu_deps prunes nvidia/__init__.py)
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
+
+if want U; then
+  echo "== unpack the packages into $SITE"
+  if [ ! -d "$SITE/nvidia/dali" ]; then
+    $PY -m benchmarks.gpu_deps unpack --stash "$STASH" --site "$SITE" || exit 1
+  fi
+  # nvidia.dali from $SITE needs the image's `nvidia` to be a namespace package (torch's cu13 wheels
+  # ship no nvidia/__init__.py); the path printed shows which copy was imported
+  $PY -c "import av, nvidia.dali as d; print('av', av.__version__, '| dali', d.__version__, 'from', d.__file__)" \
+    | tee -a "$OUT_DIR/env_train.txt" || exit 1
   echo "== synthetic dataset at 224x224 in $DATA"
   [ -s "$DATA/train.txt" ] || { SECONDS=0; $PY -m stadapter_fast.data.synthetic "$DATA" --train "${TRAIN_VIDEOS:-512}" \
     --val 32 --frames 16 --size 224 && echo "made in ${SECONDS}s"; }
 fi
 
 if want E; then
-  echo "== unpack the packages into $SITE"
-  if [ ! -d "$SITE/nvidia/dali" ]; then
-    $PY -m benchmarks.gpu_deps unpack --stash "$STASH" --site "$SITE" || exit 1
-  fi
-  # what the image lacks; `nvidia` stays a namespace package (gpu_deps prunes nvidia/__init__.py)
-  export PYTHONPATH="$PYTHONPATH:$SITE"
-  $PY -c "import av, nvidia.dali as d; print('av', av.__version__, '| dali', d.__version__)" | tee -a "$OUT_DIR/env_train.txt" || exit 1
-  [ -s "$DATA/train.txt" ] || { echo "no dataset in $DATA: run phase D first"; exit 1; }
+  [ -s "$DATA/train.txt" ] && [ -d "$SITE/nvidia/dali" ] || { echo "no dataset or packages: run phase U first"; exit 1; }
   echo "== five training configs and the loaders alone"
   timeout 540 $PY -m benchmarks.train_gpu --data "$DATA" --out "$RUNS" --configs "${CONFIGS:-1,2,3,4,5}" \
-    --batch-size "${BATCH:-32}" --workers "${WORKERS:-16}" --epochs "${EPOCHS:-3}" 2>&1 | tee "$OUT_DIR/train_gpu.txt"
+    --loaders "${LOADERS-pyav,dali}" --batch-size "${BATCH:-32}" --workers "${WORKERS:-16}" --epochs "${EPOCHS:-3}" \
+    --device "${DEVICE:-cuda}" ${COMMON:+--common "$COMMON"} 2>&1 | tee "$OUT_DIR/train_gpu.txt"
   cp "$RUNS/train_gpu.json" "$OUT_DIR/" 2>/dev/null
   (cd "$RUNS" && tar czf "$OUT_DIR/train_logs.tar.gz" ./*.log ./*/metrics.jsonl ./*/summary.json 2>/dev/null)
 fi

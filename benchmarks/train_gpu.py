@@ -155,7 +155,7 @@ def table(rows: list, loaders: list) -> str:
             continue
         ratio = r["clips_per_s"] / base if base and r["clips_per_s"] else None
         lines.append(f"| ({r['config']}) {r['what']} | {r['loader']} | {f(r['clips_per_s'], '.1f')} | "
-                     f"{f(ratio, '.2f')}x | {f(r['clips_per_s_epoch1'], '.1f')} | {f(r['peak_memory_mb'], '.0f')} | "
+                     f"{f(ratio, '.2f') + ('x' if ratio else '')} | {f(r['clips_per_s_epoch1'], '.1f')} | {f(r['peak_memory_mb'], '.0f')} | "
                      f"{f(r['gpu_util_pct'], '.0f')} |")
     if loaders:
         lines.append("")

@@ -439,6 +439,10 @@ def init_process(args) -> tuple[int, int, int, torch.device]:
     a half-precision backbone (the release's recipe: an fp16 backbone, fp32 adapters, autocast)."""
     if args.backbone_dtype != "none" and args.amp == "none":
         args.amp = args.backbone_dtype
+    if args.backbone_dtype not in ("none", args.amp):
+        raise ValueError(f"--backbone-dtype {args.backbone_dtype} with --amp {args.amp}: autocast cannot mix fp16 and "
+                         f"bf16 (torch fails in the backbone's first concatenation); use --backbone-dtype {args.amp} "
+                         f"or none, or --amp {args.backbone_dtype}")
     rank, world, local_rank = _dist()
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":

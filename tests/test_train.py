@@ -228,6 +228,15 @@ def test_half_backbone_defaults_to_autocast(data, tmp_path):
     assert s["steps"] == 1
 
 
+@pytest.mark.parametrize("amp,bdt", [("bf16", "fp16"), ("fp16", "bf16")])
+def test_mixed_half_types_are_refused_by_name(data, tmp_path, amp, bdt):
+    """torch's autocast fails on an fp16 backbone under bf16 autocast (and the reverse) with an opaque
+    'Unexpected floating ScalarType': the run is refused before anything is built."""
+    with pytest.raises(ValueError, match=f"--backbone-dtype {bdt} with --amp {amp}: autocast cannot mix"):
+        main(args(data, tmp_path, "--amp", amp, "--backbone-dtype", bdt))
+    assert not (tmp_path / "last.pt").exists()
+
+
 @pytest.mark.parametrize("scaled", [False, True])
 def test_optimizer_step_reports_nonfinite_gradients(scaled):
     """An inf gradient: without a GradScaler nothing updates and the step is "nonfinite"; with fp16's

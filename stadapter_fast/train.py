@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
     d.add_argument("--loader", choices=["auto", "dali", "pyav"], default="auto",
                    help="auto: DALI if installed, else the PyAV DataLoader")
+    d.add_argument("--dali-decoder", choices=["auto", "gpu", "cpu"], default="auto",
+                   help="where the DALI loader decodes on a GPU run: gpu (NVDEC), cpu (DALI's CPU decoder for "
+                        "VP8/VP9/MJPEG, PyAV for the rest; augmentation still on the GPU), auto: gpu if the "
+                        "driver's libnvcuvid loads")
     d.add_argument("--workers", type=_NON_NEGATIVE, default=0,
                    help="DataLoader workers / DALI threads (0: main process / 1 thread)")
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",

@@ -18,7 +18,8 @@ CLIP-normalises:
   * Otherwise DALI's CPU decoder, which handles VP8/VP9/MJPEG only: when every file is one of those
     ``fn.decoders.video(device="cpu")`` decodes, else PyAV decodes in the source callback. On a GPU
     without NVDEC the decoded frames then go to the GPU for the resize, crop and normalisation.
-:func:`dali_decode_plan` makes that choice; the loader's ``kind`` names it.
+:func:`dali_decode_plan` makes that choice (``--dali-decoder auto|gpu|cpu`` can force it); the loader's
+``kind`` names it.
 """
 from __future__ import annotations
 
@@ -83,7 +84,15 @@ def probe(items: Sequence[VideoItem], min_frames: int, on_error: str) -> tuple[d
     import av
 
     good, bad = {}, []
+    seen = {}  # a list may name a file more than once: probe it once
     for i, it in enumerate(items):
+        if it.path in seen:
+            if seen[it.path] is None:
+                bad.append(it.path)
+            else:
+                good[i] = seen[it.path]
+            continue
+        seen[it.path] = None
         try:
             with av.open(it.path) as c:
                 s = c.streams.video[0]
@@ -91,7 +100,7 @@ def probe(items: Sequence[VideoItem], min_frames: int, on_error: str) -> tuple[d
                 info = VideoInfo(n, s.codec_context.height, s.codec_context.width, s.codec_context.name)
             if n < min_frames:
                 raise VideoDecodeError(f"{it.path}: too short ({n} frames, need {min_frames})")
-            good[i] = info
+            good[i] = seen[it.path] = info
         except Exception as e:
             err = e if isinstance(e, VideoDecodeError) else VideoDecodeError(f"{it.path}: cannot open video ({e})")
             if on_error == "fail":
@@ -157,7 +166,11 @@ class DALILoader:
         self.pool = sorted(self.info)
         codecs = {i.codec for i in self.info.values()}
         self.gpu = device.type == "cuda"
-        self.mode, self.decode_device, self.kind = dali_decode_plan(self.gpu, self.gpu and nvdec_available(), codecs)
+        choice = args.dali_decoder
+        if choice == "gpu" and not self.gpu:
+            raise ValueError(f"--dali-decoder gpu: NVDEC needs a CUDA device, got --device {device}")
+        nvdec = self.gpu and (choice == "gpu" or (choice == "auto" and nvdec_available()))
+        self.mode, self.decode_device, self.kind = dali_decode_plan(self.gpu, nvdec, codecs)
         self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
         self.batch_size, self.threads = args.batch_size, max(1, args.workers)
         self.device_id = None

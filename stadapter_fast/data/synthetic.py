@@ -113,8 +113,12 @@ def main(argv: Optional[list] = None) -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--codecs", default="vp9,h264", help=f"comma-separated, taken in turn; of {sorted(CODECS)}")
     a = ap.parse_args(argv)
-    root = make_synthetic(a.dir, a.train, a.val, a.frames, a.size, a.seed)
+    codecs = tuple(c.strip() for c in a.codecs.split(",") if c.strip())
+    if not codecs or set(codecs) - set(CODECS):
+        raise ValueError(f"--codecs: expected a comma-separated list of {sorted(CODECS)}, got {a.codecs!r}")
+    root = make_synthetic(a.dir, a.train, a.val, a.frames, a.size, a.seed, codecs)
     print(f"wrote {a.train} train + {a.val} val clips ({len(CLASSES)} classes) to {root}")
 
 

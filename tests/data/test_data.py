@@ -193,14 +193,49 @@ def _which_frames(clip, video, view, size, cache):
     (True, False, {"h264", "vp9"}, ("pyav", "cpu", "dali-gpu-pyav-source")),
     (False, False, {"vp8"}, ("decoder", "cpu", "dali-cpu-decoder")),
     (False, False, {"hevc"}, ("pyav", "cpu", "dali-cpu-pyav-source")),
+    (False, True, {"vp9"}, ("decoder", "cpu", "dali-cpu-decoder")),  # no GPU: NVDEC is not used
 ])
 def test_dali_decode_plan(gpu, nvdec, codecs, plan):
     """NVDEC decodes every codec; without it DALI's CPU decoder takes VP8/VP9/MJPEG and PyAV the rest,
     and on a GPU the decoded frames are augmented there."""
-    from stadapter_fast.data.loaders import dali_decode_plan, nvdec_available
+    from stadapter_fast.data.loaders import dali_decode_plan
 
     assert dali_decode_plan(gpu, nvdec, codecs) == plan
-    assert isinstance(nvdec_available(), bool)
+
+
+@pytest.mark.parametrize("choice,nvdec,kind", [("auto", True, "dali-gpu-decoder"),
+                                               ("auto", False, "dali-gpu-pyav-source"),
+                                               ("gpu", False, "dali-gpu-decoder"),
+                                               ("cpu", True, "dali-gpu-pyav-source")])
+def test_dali_decoder_flag_picks_the_route(clip_videos, monkeypatch, choice, nvdec, kind):
+    """On a CUDA device (only named here: the constructor touches no GPU for an explicit index),
+    --dali-decoder auto follows whether libnvcuvid loads; gpu and cpu force the route."""
+    from stadapter_fast.data import loaders
+    from stadapter_fast.train import build_parser
+
+    monkeypatch.setattr(loaders, "nvdec_available", lambda: nvdec)
+    a = build_parser().parse_args(["--frames", "4", "--dali-decoder", choice])
+    dl = loaders.DALILoader(clip_videos["h264"], a, True, torch.device("cuda", 0), 0, 1)
+    assert dl.kind == kind and dl.decode_device == ("mixed" if kind == "dali-gpu-decoder" else "cpu")
+    with pytest.raises(ValueError, match="--dali-decoder gpu: NVDEC needs a CUDA device, got --device cpu"):
+        loaders.DALILoader(clip_videos["h264"], build_parser().parse_args(["--dali-decoder", "gpu"]), True,
+                           torch.device("cpu"), 0, 1)
+
+
+def test_probe_reads_a_repeated_file_once(clip_videos, monkeypatch):
+    """A list that names each file several times (a longer epoch without more files) is probed once
+    per file, with the same answer for every entry."""
+    import av
+
+    from stadapter_fast.data import loaders
+
+    items = clip_videos["vp9"][:2] * 3
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    good, bad = loaders.probe(items, 4, "skip")
+    assert sorted(opened) == sorted(it.path for it in items[:2]) and not bad
+    assert sorted(good) == list(range(6)) and good[0] == good[2] == good[4] and good[1] == good[3] == good[5]
 
 
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
@@ -313,3 +348,15 @@ def test_bad_sampling_arguments_are_named():
     for flag in ("--frames", "--stride", "--test-spatial-views", "--test-temporal-views", "--image-size"):
         with pytest.raises(SystemExit):
             build_parser().parse_args([flag, "0"])
+
+
+def test_synthetic_cli_codecs(tmp_path):
+    """`stadapter-make-synthetic --codecs vp9`: every file VP9 (what DALI's CPU decoder reads); an
+    unknown codec is named."""
+    from stadapter_fast.data.synthetic import main
+
+    main([str(tmp_path / "d"), "--train", "3", "--val", "1", "--frames", "4", "--size", "16", "--codecs", "vp9"])
+    files = sorted(p.suffix for p in (tmp_path / "d" / "videos").rglob("*.*"))
+    assert files == [".webm"] * 4
+    with pytest.raises(ValueError, match=r"--codecs: expected a comma-separated list of \['h264', 'vp9'\], got 'av1'"):
+        main([str(tmp_path / "e"), "--codecs", "av1"])

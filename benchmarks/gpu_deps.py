@@ -50,6 +50,7 @@ PYTHON_VERSION = "3.12"  # the GPU image's python3
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 ARCHIVE = "gpu-deps.tar.xz"
+COMPLETE = ".gpu-deps-complete"  # written into the site last, by unpack
 DEFAULT_DEST = Path(".gpu-deps")
 DEFAULT_STASH = Path("/tmp/stadapter-gpu-deps")
 DEFAULT_SITE = Path("/tmp/stadapter-gpu-site")
@@ -157,7 +158,13 @@ def gather(src: Path = DEFAULT_DEST, stash: Path = DEFAULT_STASH) -> tuple[int, 
     manifest. Returns (number of parts, indices still missing from the stash)."""
     src, stash = Path(src), Path(stash)
     found = _manifests(src)
+    if not found:
+        raise ValueError(f"{src}: no part-K/MANIFEST.json here: carry one part per call (carry: [\".gpu-deps/part-K\"])")
     stash.mkdir(parents=True, exist_ok=True)
+    packs = {m["sha256"] for m in found} | {json.loads(p.read_text())["sha256"] for p in stash.glob("MANIFEST.*.json")}
+    if len(packs) != 1:
+        raise ValueError(f"{src}: its part(s) and {stash}'s come from {len(packs)} different packs; remove {stash} "
+                         f"and carry one pack's parts")
     for m in found:
         piece = m["dir"] / m["part"]
         if not piece.is_file() or _sha256(piece) != m["part_sha256"]:
@@ -200,6 +207,7 @@ def unpack(stash: Path = DEFAULT_STASH, site: Path = DEFAULT_SITE) -> Path:
     with tarfile.open(joined, "r:xz") as tar:
         tar.extractall(site, filter="data")
     joined.unlink()
+    (site / COMPLETE).write_text(mans[1]["sha256"] + "\n")  # an interrupted extract leaves none
     return site
 
 

@@ -76,6 +76,9 @@ def test_parts_stashed_call_by_call_then_unpacked(packed, tmp_path):
     # the image's `nvidia` namespace package (cuBLAS, cuDNN for torch) must not be shadowed
     assert not (site / "nvidia/__init__.py").exists() and (site / "nvidia/fake/__init__.py").is_file()
     assert not (stash / gpu_deps.ARCHIVE).exists()  # the joined archive is not kept
+    assert (site / gpu_deps.COMPLETE).read_text().strip() == json.loads((dirs[0] / "MANIFEST.json").read_text())["sha256"]
+    with pytest.raises(ValueError, match="no part-K/MANIFEST.json here"):
+        gpu_deps.gather(tmp_path / "nothing-carried", stash)
 
 
 def test_damaged_part_is_named_and_nothing_unpacks(packed, tmp_path):
@@ -99,6 +102,11 @@ def test_parts_of_two_packs_are_refused(packed, tmp_path):
     (stash / "MANIFEST.001.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="parts of 2 different packs"):
         gpu_deps.unpack(stash, tmp_path / "site")
+    # a part of another pack is refused before anything is copied into the stash
+    before = sorted(p.name for p in stash.iterdir())
+    with pytest.raises(ValueError, match="come from 2 different packs"):
+        gpu_deps.gather(dirs[0].parent, stash)
+    assert sorted(p.name for p in stash.iterdir()) == before
 
 
 def test_bad_part_size_is_named(tmp_path):

@@ -37,10 +37,11 @@ _IGNORE_ANYWHERE = shutil.ignore_patterns(".git", ".venv*", ".pytest_cache", ".h
 
 def _copy_ignore(folder, names):
     """Left out of the copy: caches and virtualenvs anywhere; the root's build outputs and (often large)
-    data/runs, which _build recreates with a dummy file. stadapter_fast/data is a package: kept."""
+    data/runs, which _build recreates with a dummy file; the GPU machine's packed dependencies
+    (.gpu-deps, ~0.5 GB where packed). stadapter_fast/data is a package: kept."""
     ignored = set(_IGNORE_ANYWHERE(folder, names))
     if Path(folder).resolve() == ROOT:
-        ignored |= {"build", "dist", ".whl", "data", "runs"} & set(names)
+        ignored |= {"build", "dist", ".whl", ".gpu-deps", "data", "runs"} & set(names)
     return ignored
 
 

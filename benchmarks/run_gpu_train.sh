@@ -7,8 +7,9 @@
 # stay on the machine only while it is warm, 30 s after a call), one call per part, each carrying that
 # part (carry: [".gpu-deps/part-K"]), and two more calls:
 #   calls 1..N-1: "G"    stash part K; report NVDEC, NPP and the `nvidia` package path
-#   call N:       "G U"  stash the last part; unpack; check the imports; probe DALI's NVDEC route; make
-#                        the dataset (H.264 + VP9 if NVDEC works, else VP9, which DALI's CPU decoder reads)
+#   call N:       "G U"  stash the last part; unpack; check the imports; probe DALI's NVDEC route; test
+#                        both GPU routes' clips against the CPU pipeline's; make the dataset (H.264 + VP9
+#                        if NVDEC works, else VP9, which DALI's CPU decoder reads)
 #   call N+1:     "E1"   configs 1-3 (each killed after 150 s; the phase after 540 s)
 #   call N+2:     "E2"   configs 4-5 and the loaders alone, appended to the same table
 # Phases: G (benchmarks/gpu_deps.py gather), U (unpack; TRAIN_VIDEOS, default 512; 32 val; 16 frames at
@@ -65,6 +66,9 @@ if want U; then
   echo "== DALI's NVDEC route"
   $PY -m benchmarks.train_gpu --probe-dali /tmp/stadapter-dali-probe 2>&1 | tee "$OUT_DIR/dali_probe.txt"
   cp /tmp/stadapter-dali-probe/route.txt "$ROUTE" || echo cpu > "$ROUTE"
+  echo "== the GPU routes' clips vs the CPU pipeline's (tests/data/test_data.py)"
+  timeout 120 $PY -m pytest -q -p no:cacheprovider -rs tests/data/test_data.py -k gpu_routes 2>&1 \
+    | tail -n 15 | tee -a "$OUT_DIR/dali_probe.txt" || rc=1
   codecs=vp9,h264; [ "$(cat "$ROUTE")" = gpu ] || codecs=vp9
   echo "== synthetic dataset at 224x224 ($codecs) in $DATA"
   if [ ! -s "$DATA/meta.json" ]; then  # written last; rm -rf $DATA to make another

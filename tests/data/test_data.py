@@ -222,6 +222,39 @@ def test_dali_decoder_flag_picks_the_route(clip_videos, monkeypatch, choice, nvd
                            torch.device("cpu"), 0, 1)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test-2x3"])
+@pytest.mark.parametrize("route", ["gpu", "cpu"])
+@pytest.mark.parametrize("codec", ["vp9", "h264"])
+def test_dali_gpu_routes_equal_the_cpu_pipeline(clip_videos, codec, route, train):
+    """On a GPU, NVDEC (route gpu) and CPU decoding with GPU augmentation (route cpu) give the clips of
+    the CPU pipeline, which test_dali_clips_equal_pyav_clips ties to the PyAV loader: same labels, same
+    order, pixels within the CPU test's bound, on the GPU."""
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data.loaders import DALILoader, nvdec_available
+    from stadapter_fast.train import build_parser
+
+    if route == "gpu" and not nvdec_available():
+        pytest.skip("no NVDEC here (libnvcuvid.so.1 does not load)")
+    flags = ["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2", "--seed", "3"]
+    flags += [] if train else ["--test-temporal-views", "2", "--test-spatial-views", "3"]
+    items = clip_videos[codec]
+    on_gpu = DALILoader(items, build_parser().parse_args([*flags, "--dali-decoder", route]), train,
+                        torch.device("cuda", 0), 0, 1)
+    on_cpu = DALILoader(items, build_parser().parse_args(flags), train, torch.device("cpu"), 0, 1)
+    assert on_gpu.kind.startswith("dali-gpu-") and on_gpu.decode_device == ("mixed" if route == "gpu" else "cpu")
+    for epoch in (0, 1):
+        on_gpu.set_epoch(epoch)
+        on_cpu.set_epoch(epoch)
+        gb, cb = list(on_gpu), list(on_cpu)
+        assert len(gb) == len(cb) == len(on_cpu) > 0
+        for (x, y, _), (u, v, _) in zip(gb, cb):
+            assert x.is_cuda and torch.equal(y.cpu(), v) and x.shape == u.shape
+            # the CPU test's bound, in 0-255 levels (CLIP std ~0.27)
+            assert (x.cpu() - u).abs().max().item() * 0.27 * 255 < 4
+
+
 def test_probe_reads_a_repeated_file_once(clip_videos, monkeypatch):
     """A list that names each file several times (a longer epoch without more files) is probed once
     per file, with the same answer for every entry."""

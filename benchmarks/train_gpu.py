@@ -153,20 +153,15 @@ def run_config(config: int, args, train_list: Path, read=None) -> dict:
         return row | {"error": why + log_path.read_text()[-2000:]}
     recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     summary = json.loads((out / "summary.json").read_text())
-    window = gpu.window(seen.get(1), seen.get(args.epochs - 1))
+    def first_seen(k):  # when at least k epoch records were there (two may land within one poll)
+        return min((t for n, t in seen.items() if n >= k), default=None)
+
+    window = gpu.window(first_seen(1), first_seen(args.epochs - 1))
     return row | {"clips_per_s": statistics.median(r["clips_per_s"] for r in recs[1:]),
                   "clips_per_s_epoch1": recs[0]["clips_per_s"], "clips_per_s_per_epoch": [r["clips_per_s"] for r in recs],
                   "peak_memory_mb": summary["peak_memory_mb"], "loader": summary["loader"], **window,
                   "nvml_error": gpu.error, "val_top1": summary["val_top1"],
                   "trainable_params": summary["trainable_params"]}
-
-
-def _loader_args(args, kind: str, extra=()):
-    from stadapter_fast.train import build_parser
-
-    return build_parser().parse_args([*shlex.split(args.common), "--data-root", str(args.data),
-                                      "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                                      "--loader", kind, "--dali-decoder", args.dali_decoder, *extra])
 
 
 def loader_alone(kind: str, args, train_list: Path) -> dict:
@@ -176,10 +171,14 @@ def loader_alone(kind: str, args, train_list: Path) -> dict:
 
     from stadapter_fast.data import read_video_list
     from stadapter_fast.data.loaders import make_loaders
+    from stadapter_fast.train import build_parser
 
+    targs = build_parser().parse_args([*shlex.split(args.common), "--data-root", str(args.data),
+                                       "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                                       "--loader", kind, "--dali-decoder", args.dali_decoder])
     device = torch.device(args.device)
     items = read_video_list(train_list)
-    loader, _, name = make_loaders(_loader_args(args, kind), items, items[:1], device, 0, 1)
+    loader, _, name = make_loaders(targs, items, items[:1], device, 0, 1)
     rates = []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)

@@ -571,6 +571,23 @@ def _finite_everywhere(tr: Trainer, loss_value: float) -> bool:
     return finite
 
 
+def steady_clips_per_s(stamps: list, wave: int = 1) -> Optional[float]:
+    """Clips/s over the second half of an epoch, from ``(time, clips so far)`` taken after each step:
+    past the epoch's start, where a DataLoader's workers each fill a whole first batch (and DALI its
+    queue) before the loop runs, which a short epoch pays in a large share. ``wave``: batches that
+    arrive together (a DataLoader's workers each build a whole batch, round-robin, so a decode-bound
+    loader delivers them in bursts of ``workers``; the loaders' ``batches_per_wave``). The window runs
+    over whole waves, from the end of wave ``waves // 2`` (at least the first) to the end of the last
+    whole one, so that a burst is never half inside it. None under two whole waves or 4 steps."""
+    wave = max(1, wave)
+    waves = len(stamps) // wave
+    first = max(1, waves // 2)
+    if len(stamps) < 4 or waves <= first:
+        return None
+    (t0, n0), (t1, n1) = stamps[first * wave - 1], stamps[waves * wave - 1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+
+
 @dataclass
 class EpochStats:
     time_s: float
@@ -586,7 +603,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     args, device = tr.args, tr.device
     tr.train_loader.set_epoch(epoch)
     tr.model.train()
-    losses, bad, t0, n_clips, pending, stopped = [], [], time.time(), 0, 0, False
+    losses, bad, t0, n_clips, pending, stopped, stamps = [], [], time.time(), 0, 0, False, []
     tr.counts = {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
     bar = tqdm(tr.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or tr.rank != 0,
                leave=False)
@@ -609,6 +626,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
             pending = 0
         losses.append(loss_value)
         n_clips += len(labels)
+        stamps.append((time.perf_counter(), n_clips))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
         if tr.max_steps_reached():
             stopped = True
@@ -619,9 +637,10 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     if bad and tr.rank == 0:
         print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5])
               + (" ..." if len(bad) > 5 else ""))
+    steady = steady_clips_per_s(stamps, getattr(tr.train_loader, "batches_per_wave", 1))
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-           "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9), "train_bad": len(bad),
-           **tr.counts}
+           "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9),
+           "clips_per_s_steady": None if steady is None else steady * tr.world, "train_bad": len(bad), **tr.counts}
     return rec, EpochStats(dt, n_clips * tr.world, stopped)
 
 

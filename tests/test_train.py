@@ -12,6 +12,38 @@ pytest.importorskip("av")
 pytest.importorskip("timm")
 
 
+def test_steady_clips_per_s_reads_the_second_half_of_the_epoch():
+    """A 2 s start (workers filling their first batches), then 8 clips every 0.1 s: the steady rate is
+    80 clips/s, where the whole epoch's is 64 / 2.7 s = 23.7."""
+    from stadapter_fast.train import steady_clips_per_s
+
+    stamps = [(2.0 + 0.1 * i, 8 * (i + 1)) for i in range(8)]
+    assert steady_clips_per_s(stamps) == pytest.approx(80.0)
+    assert steady_clips_per_s(stamps[:3]) is None and steady_clips_per_s([(1.0, 8)] * 4) is None
+
+
+def test_steady_clips_per_s_counts_whole_waves_of_a_worker_pool():
+    """4 workers decoding a batch of 8 each per second arrive in bursts of 4 batches (the loop takes
+    0.01 s a step): the rate is 32 clips/s. A window over whole waves reads it exactly; a plain
+    second half (wave 1) starts inside a burst and reads 47. Fewer than two whole waves: None."""
+    from stadapter_fast.train import steady_clips_per_s
+
+    stamps = [(k + 0.01 * (j + 1), 8 * (4 * (k - 1) + j + 1)) for k in (1, 2, 3) for j in range(4)]
+    assert steady_clips_per_s(stamps, wave=4) == pytest.approx(32.0)
+    assert steady_clips_per_s(stamps, wave=1) == pytest.approx(48 / 1.02)
+    assert steady_clips_per_s(stamps[:7], wave=4) is None
+
+
+def test_loaders_name_their_waves():
+    from types import SimpleNamespace
+
+    from stadapter_fast.data.loaders import DALILoader, PyAVLoader
+
+    assert DALILoader.batches_per_wave == 1
+    for workers, wave in ((0, 1), (1, 1), (16, 16)):
+        assert PyAVLoader.batches_per_wave.fget(SimpleNamespace(workers=workers)) == wave
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("syn"), n_train=16, n_val=8, frames=16, size=32, seed=1)
@@ -30,6 +62,7 @@ def test_two_step_run_writes_outputs(data, tmp_path, loader):
     assert s["steps"] == 2 and s["loader"].startswith(loader)
     rec = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rec[-1]["step"] == 2 and 0 <= rec[-1]["val_top1"] <= 1 and rec[-1]["val_clips"] == 8
+    assert rec[-1]["clips_per_s"] > 0 and rec[-1]["clips_per_s_steady"] is None  # 2 steps: no second half
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["clips_per_s"] > 0 and summary["val_top1"] == rec[-1]["val_top1"]
     assert (tmp_path / "last.pt").exists() and (tmp_path / "curves.png").stat().st_size > 1000

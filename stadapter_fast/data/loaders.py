@@ -110,9 +110,10 @@ def probe(items: Sequence[VideoItem], min_frames: int, on_error: str) -> tuple[d
 
 
 class PyAVLoader:
-    """PyAV DataLoader over :class:`VideoClipDataset` in :func:`~.sampling.epoch_order`."""
+    """PyAV DataLoader over :class:`VideoClipDataset` in :func:`~.sampling.epoch_order`; batches in
+    page-locked memory with ``pin_memory`` (:func:`make_loaders` sets it for a CUDA device)."""
 
-    def __init__(self, items, args, train: bool, rank: int, world: int):
+    def __init__(self, items, args, train: bool, rank: int, world: int, pin_memory: bool = False):
         pool = range(len(items))
         if world > 1 and train:
             # every rank must run the same number of steps (DDP): drop bad files before sharding
@@ -126,8 +127,14 @@ class PyAVLoader:
                                    spatial_views=1 if train else args.test_spatial_views,
                                    on_error="raise" if args.on_bad_video == "fail" else "skip", seed=args.seed)
         self.train, self.seed, self.rank, self.world = train, args.seed, rank, world
-        self.batch_size, self.workers = args.batch_size, args.workers
+        self.batch_size, self.workers, self.pin_memory = args.batch_size, args.workers, pin_memory
         self.epoch = 0
+
+    @property
+    def batches_per_wave(self) -> int:
+        """Batches that arrive together when decoding is the bottleneck: each worker builds a whole
+        batch, round-robin, so they come in bursts of ``workers``."""
+        return max(1, self.workers)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -148,7 +155,7 @@ class PyAVLoader:
 
     def __iter__(self):
         loader = make_pyav_loader(torch.utils.data.Subset(self.ds, self._indices()), self.batch_size, shuffle=False,
-                                  num_workers=self.workers, drop_last=self.train)
+                                  num_workers=self.workers, drop_last=self.train, pin_memory=self.pin_memory)
         return iter(loader)
 
 
@@ -176,6 +183,8 @@ class DALILoader:
         self.device_id = None
         if self.gpu:
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
+
+    batches_per_wave = 1  # DALI's threads share each batch: batches arrive one by one
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -294,4 +303,6 @@ def make_loaders(args, train_items, val_items, device, rank: int, world: int):
         tr = DALILoader(train_items, args, True, device, rank, world)
         va = DALILoader(val_items, args, False, device, rank, world)
         return tr, va, tr.kind
-    return PyAVLoader(train_items, args, True, rank, world), PyAVLoader(val_items, args, False, rank, world), "pyav"
+    pin = device.type == "cuda"
+    return (PyAVLoader(train_items, args, True, rank, world, pin_memory=pin),
+            PyAVLoader(val_items, args, False, rank, world, pin_memory=pin), "pyav")

@@ -103,7 +103,11 @@ def collate_skip_bad(batch):
 
 
 def make_pyav_loader(dataset: VideoClipDataset, batch_size: int, shuffle: bool, num_workers: int = 0,
-                     sampler: Optional[torch.utils.data.Sampler] = None, drop_last: bool = False):
+                     sampler: Optional[torch.utils.data.Sampler] = None, drop_last: bool = False,
+                     pin_memory: bool = False):
+    """A DataLoader over ``dataset`` that drops bad videos (:func:`collate_skip_bad`). ``pin_memory``
+    (for a CUDA training loop) puts batches in page-locked memory, so ``.to(device, non_blocking=True)``
+    copies them asynchronously and at full PCIe speed."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                                        sampler=sampler, num_workers=num_workers, collate_fn=collate_skip_bad,
-                                       drop_last=drop_last, persistent_workers=False)
+                                       drop_last=drop_last, persistent_workers=False, pin_memory=pin_memory)

@@ -266,6 +266,32 @@ def test_dali_gpu_routes_equal_the_cpu_pipeline(clip_videos, codec, route, train
             assert (x.cpu() - u).abs().max().item() * 0.27 * 255 < 4
 
 
+@pytest.mark.parametrize("device,pinned", [("cpu", False), ("cuda", True)])
+def test_pyav_batches_are_pinned_for_a_cuda_loop(clip_videos, device, pinned):
+    """make_loaders asks the PyAV DataLoaders for page-locked batches when training on CUDA (an
+    asynchronous, full-speed copy), not on the CPU. Building the loaders needs no GPU."""
+    from stadapter_fast.data.loaders import make_loaders
+    from stadapter_fast.train import build_parser
+
+    a = build_parser().parse_args(["--loader", "pyav", "--frames", "4", "--image-size", "40", "--batch-size", "2"])
+    tr, va, kind = make_loaders(a, clip_videos["vp9"], clip_videos["vp9"], torch.device(device), 0, 1)
+    assert kind == "pyav" and tr.pin_memory is va.pin_memory is pinned
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_routes_pyav_batches_arrive_pinned(clip_videos):
+    """On a GPU the PyAV loader's batches are in page-locked memory."""
+    from stadapter_fast.data.loaders import make_loaders
+    from stadapter_fast.train import build_parser
+
+    a = build_parser().parse_args(["--loader", "pyav", "--frames", "4", "--image-size", "40", "--batch-size", "2",
+                                   "--workers", "2"])
+    tr, _, _ = make_loaders(a, clip_videos["vp9"], clip_videos["vp9"], torch.device("cuda", 0), 0, 1)
+    batches = list(tr)
+    assert batches and all(x.is_pinned() and y.is_pinned() for x, y, _ in batches)
+
+
 def test_probe_reads_a_repeated_file_once(clip_videos, monkeypatch):
     """A list that names each file several times (a longer epoch without more files) is probed once
     per file, with the same answer for every entry."""

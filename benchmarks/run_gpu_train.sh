@@ -13,9 +13,10 @@
 #   call N+1:     "E1"   configs 1-3 (each killed after 150 s; the phase after 540 s)
 #   call N+2:     "E2"   configs 4-5 and the loaders alone, appended to the same table
 # Phases: G (benchmarks/gpu_deps.py gather), U (unpack; TRAIN_VIDEOS, default 512; 32 val; 16 frames at
-# 224), E1/E2 (benchmarks/train_gpu.py; BATCH, default 32; WORKERS, default 16; EPOCHS, default 3;
-# REPEAT, default 4; DEVICE, default cuda; COMMON, default its ViT-B/16 arguments; DALI_DECODER,
-# default what U's probe found). E1/E2 bring back train_gpu.json, the table and the logs. Exit status:
+# 224), E1/E2 (benchmarks/train_gpu.py; BATCH, default auto: the largest that fits config 1, found by E1
+# and kept by E2; WORKERS, default 16; EPOCHS, default 3; REPEAT, default 4, raised to 48 steps an epoch;
+# DEVICE, default cuda; COMMON, default its ViT-B/16 arguments; DALI_DECODER, default what U's probe
+# found). E1/E2 bring back train_gpu.json, the table and the logs. Exit status:
 # that of the last failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ try:
 except OSError as e:
     print(False, e)')"
     echo "NPP (DALI's operators load it from the CUDA toolkit): $(ls /usr/local/cuda/lib64/libnpp{c,icc,ig}.so* 2>/dev/null | tr '\n' ' ')"
+    echo "shared memory (the PyAV DataLoader's batches pass through it): $(df -h /dev/shm 2>/dev/null | tail -n 1)"
     echo "the image's nvidia package: $($PY -c 'import nvidia; print(list(nvidia.__path__), getattr(nvidia, "__file__", None))' 2>&1)"
   } | tee -a "$OUT_DIR/env_train.txt"
 fi
@@ -81,7 +83,7 @@ fi
 run_configs() {  # $1: configs, $2: loaders, $3: --append or nothing
   [ -s "$DATA/meta.json" ] && [ -f "$SITE/.gpu-deps-complete" ] || { echo "no dataset or packages: run phase U first"; return 1; }
   timeout 540 $PY -m benchmarks.train_gpu --data "$DATA" --out "$RUNS" --configs "$1" --loaders "$2" $3 \
-    --batch-size "${BATCH:-32}" --workers "${WORKERS:-16}" --epochs "${EPOCHS:-3}" --repeat "${REPEAT:-4}" \
+    --batch-size "${BATCH:-auto}" --workers "${WORKERS:-16}" --epochs "${EPOCHS:-3}" --repeat "${REPEAT:-4}" \
     --device "${DEVICE:-cuda}" --dali-decoder "${DALI_DECODER:-$(cat "$ROUTE" 2>/dev/null || echo auto)}" \
     ${COMMON:+--common "$COMMON"} 2>&1 | tee "$OUT_DIR/train_gpu.txt"
   local status=${PIPESTATUS[0]}

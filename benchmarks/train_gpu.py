@@ -2,15 +2,35 @@
 (issue 12's five configs), each measured for steady-state clips/s, peak GPU memory and GPU utilisation;
 and the loaders alone (DALI vs PyAV, same thread count) on the same data.
 
-    python -m benchmarks.train_gpu --data DIR --out OUT [--configs 1,2,3,4,5] [--batch-size 32]
-                                   [--workers 16] [--epochs 3] [--repeat 4] [--loaders pyav,dali]
+    python -m benchmarks.train_gpu --data DIR --out OUT [--configs 1,2,3,4,5] [--batch-size auto|N]
+                                   [--workers 16] [--epochs 3] [--repeat 4] [--min-steps 48] [--loaders pyav,dali]
     python -m benchmarks.train_gpu --probe-dali DIR      # which DALI decoder works here: DIR/route.txt
+    python -m benchmarks.train_gpu --step-memory 1 --batches 4,12   # one step's peak memory, as JSON
+
+``--batch-size auto`` (CUDA only) takes the largest batch that fits, the same for every config: one
+training step of config 1's model (the reference adapters, whose autograd keeps the most; issue 12 asks
+for "batch as large as fits") is run at two batch sizes in a separate process, torch's peak memory is
+fitted as ``fixed + per_clip * batch``, and the batch is what fills ``FIT_FRACTION`` of the device's
+memory less ``FIT_RESERVE_MB`` (DALI's own buffers, the CUDA context), rounded down to a multiple of 8 and
+capped by the shared memory the PyAV DataLoader's in-flight batches take (``workers * 2`` batches of
+float32 clips, at most half of /dev/shm's free space; not applied, but recorded, where that leaves under
+8) and by ``FIT_CAP`` (96: at ``--min-steps`` 48 an epoch is then 4608 clips, which a 16-worker PyAV
+loader at the ~200 clips/s NOTES 15 expects decodes in ~25 s, keeping a config inside its
+``--config-timeout``). If the probe or the fit fails on a GPU, the configs run at ``FIT_FALLBACK`` with
+the error in ``batch_fit``. An ``--append`` run reuses the first run's batch and repeat, so every row of
+a table has the same. The list is repeated enough for ``--min-steps`` steps an epoch (48: three waves
+of a 16-worker DataLoader's batches) for the steady rate's window.
 
 Each config trains ``--epochs`` epochs in its own process (``python -m stadapter_fast.train``) on the
 training list repeated ``--repeat`` times (more steps per epoch without more files, so the loaders'
 per-epoch start is a small part of an epoch). Epoch 1 pays Triton's compiles and autotuning, so:
-  * clips/s: the median of ``metrics.jsonl``'s per-epoch ``clips_per_s`` over epochs 2.. (training
-    time only; validation runs once, after the last epoch, and is not in it);
+  * clips/s: the median over epochs 2.. of ``metrics.jsonl``'s ``clips_per_s_steady``, the rate over the
+    second half of each epoch, in whole waves of the loader's batches (``steady_clips_per_s``;
+    validation runs once, after the last epoch, and is not in it). An epoch's start is left out: the
+    PyAV DataLoader's workers each decode a whole first batch before any arrives (up to 16 batches'
+    decoding with the GPU idle, where DALI fills ~one), which a benchmark's short epoch pays in a
+    large share and a real dataset's epoch does not. ``clips_per_s_whole_epoch`` (median over epochs
+    2.., start included) is beside it;
   * GPU utilisation, NVDEC utilisation and device memory in use (NVML, sampled every 0.2 s): over
     epochs 2..N-1 only (from the time epoch 1's record appears to the time epoch N-1's does), so no
     compile, validation or teardown is in it; ``--epochs`` >= 3;
@@ -23,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import shutil
 import statistics
@@ -45,6 +67,123 @@ CONFIGS = {
     4: ("M-Adapter (w384, every 3rd block) + DALI", "--method m-adapter --m-width 384 --m-levels 3 --loader dali"),
     5: ("fast adapters + DALI + --checkpoint-backbone", "--loader dali --checkpoint-backbone"),
 }
+
+
+# --batch-size auto: see the module's docstring
+FIT_PROBE_BATCHES = (4, 12)
+FIT_FRACTION, FIT_RESERVE_MB, FIT_CAP = 0.8, 4096, 96
+FIT_FALLBACK = 32  # the batch when the fit fails (E1 still runs its configs; the failure is on record)
+STEP_MEMORY_TAG = "step memory (MiB): "  # the line of --step-memory's output that holds its JSON
+
+
+def batch_size_arg(text: str):
+    """``--batch-size``: "auto" or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}")
+    return value
+
+
+def step_memory(common: str, extra: str, batches, device: str, num_classes: int = 4, peak_mb=None) -> dict:
+    """Peak torch memory (MiB) of one training step (forward under the arguments' autocast, cross-entropy,
+    backward, AdamW update) of the model ``stadapter-train`` builds from ``common`` + ``extra``, at each of
+    ``batches`` clips, measured from a reset peak each time. ``peak_mb`` (a function) replaces torch's
+    CUDA counter, so a CPU test can run the steps."""
+    import torch
+    import torch.nn.functional as F
+
+    from stadapter_fast.train import _DTYPES, build_model, build_parser, init_process, param_groups
+
+    args = build_parser().parse_args([*shlex.split(common), *shlex.split(extra), "--device", device])
+    cuda = torch.device(device).type == "cuda"
+    if peak_mb is None and not cuda:
+        raise ValueError(f"step_memory: device: expected a CUDA device (torch's peak counter), got {device!r}")
+    dev = init_process(args)[3]  # stadapter-train's precision rules and device
+    if peak_mb is None:
+        peak_mb = lambda: torch.cuda.max_memory_allocated(dev) / 2 ** 20  # noqa: E731
+    model = build_model(args, num_classes, dev)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+    amp = _DTYPES[args.amp]
+
+    def step(b):
+        clips = torch.randn(b, 3, args.frames, args.image_size, args.image_size, device=dev)
+        labels = torch.randint(0, num_classes, (b,), device=dev)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            loss = F.cross_entropy(model(clips), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(min(batches))  # unmeasured: AdamW's state and the libraries' workspaces exist before the first reading
+    out = {}
+    for b in batches:
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        step(b)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        out[b] = peak_mb()
+    return out
+
+
+def fit_batch(memory: dict, total_mb: float, shm_free_mb: float, clip_mb: float, workers: int,
+              fraction: float = FIT_FRACTION, reserve_mb: float = FIT_RESERVE_MB, cap: int = FIT_CAP) -> dict:
+    """The largest batch that fits (see the module's docstring) from ``memory`` ({batch: peak MiB} at two
+    or more sizes): ``{"batch_size", "per_clip_mb", "fixed_mb", "by_memory", "by_shm"}``. Raises
+    ValueError when memory does not grow with the batch (a measurement that cannot be extrapolated)."""
+    (b1, m1), (b2, m2) = sorted(memory.items())[0], sorted(memory.items())[-1]
+    per_clip = (m2 - m1) / (b2 - b1) if b2 != b1 else 0.0
+    if per_clip <= 0:
+        raise ValueError(f"--batch-size auto: expected peak memory to grow with the batch, got {memory} (MiB)")
+    fixed = m1 - per_clip * b1
+    by_memory = math.floor((fraction * total_mb - reserve_mb - fixed) / per_clip)
+    # the PyAV DataLoader holds up to workers * prefetch_factor (2) batches in shared memory
+    by_shm = math.floor(0.5 * shm_free_mb / (max(workers, 1) * 2 * clip_mb))
+    if by_memory < 1:
+        raise ValueError(f"--batch-size auto: expected room for one clip, got {fraction * total_mb - reserve_mb:.0f} "
+                         f"MiB usable for {fixed:.0f} MiB fixed + {per_clip:.0f} MiB per clip")
+    # /dev/shm too small for even 8 clips a batch: the PyAV configs fail at any useful batch, and the
+    # DALI ones (which do not use it) should not shrink with them; kept on record, not applied
+    shm_applies = by_shm >= 8
+    b = min(by_memory, cap, by_shm if shm_applies else cap)
+    if b >= 8:
+        b -= b % 8
+    return {"batch_size": b, "per_clip_mb": per_clip, "fixed_mb": fixed, "by_memory": by_memory,
+            "by_shm": by_shm, "shm_applied": shm_applies, "probe_mb": {str(k): v for k, v in sorted(memory.items())},
+            "total_mb": total_mb, "shm_free_mb": shm_free_mb}
+
+
+def auto_batch(args) -> dict:
+    """``--batch-size auto`` on a CUDA device: config 1's step memory from a separate process (so this
+    one holds no CUDA memory while the configs run), fitted by :func:`fit_batch`."""
+    import torch
+
+    if not args.device.startswith("cuda") or not torch.cuda.is_available():
+        raise ValueError(f"--batch-size auto: expected a CUDA --device that is available, got {args.device!r} "
+                         f"(give a number instead)")
+    cmd = [sys.executable, "-m", "benchmarks.train_gpu", "--step-memory", "1", "--device", args.device,
+           "--batches", ",".join(map(str, FIT_PROBE_BATCHES)), "--common", args.common]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    lines = [ln[len(STEP_MEMORY_TAG):] for ln in done.stdout.splitlines() if ln.startswith(STEP_MEMORY_TAG)]
+    if done.returncode or not lines:
+        raise RuntimeError(f"--batch-size auto: the memory probe failed (exit {done.returncode}):\n"
+                           f"{(done.stdout + done.stderr)[-2000:]}")
+    memory = {int(k): v for k, v in json.loads(lines[-1]).items()}
+    total_mb = torch.cuda.get_device_properties(torch.device(args.device)).total_memory / 2 ** 20
+    shm = shutil.disk_usage("/dev/shm").free / 2 ** 20 if os.path.isdir("/dev/shm") else float("inf")
+    from stadapter_fast.train import build_parser
+
+    targs = build_parser().parse_args(shlex.split(args.common))
+    clip_mb = 3 * targs.frames * targs.image_size ** 2 * 4 / 2 ** 20  # a float32 clip, as the workers ship it
+    return fit_batch(memory, total_mb, shm, clip_mb, args.workers)
 
 
 class GpuSampler:
@@ -157,8 +296,11 @@ def run_config(config: int, args, train_list: Path, read=None) -> dict:
         return min((t for n, t in seen.items() if n >= k), default=None)
 
     window = gpu.window(first_seen(1), first_seen(args.epochs - 1))
-    return row | {"clips_per_s": statistics.median(r["clips_per_s"] for r in recs[1:]),
+    steady = [r.get("clips_per_s_steady") for r in recs[1:]]
+    return row | {"clips_per_s": statistics.median(steady) if None not in steady else None,
+                  "clips_per_s_whole_epoch": statistics.median(r["clips_per_s"] for r in recs[1:]),
                   "clips_per_s_epoch1": recs[0]["clips_per_s"], "clips_per_s_per_epoch": [r["clips_per_s"] for r in recs],
+                  "clips_per_s_steady_per_epoch": [r.get("clips_per_s_steady") for r in recs],
                   "peak_memory_mb": summary["peak_memory_mb"], "loader": summary["loader"], **window,
                   "nvml_error": gpu.error, "val_top1": summary["val_top1"],
                   "trainable_params": summary["trainable_params"]}
@@ -166,12 +308,13 @@ def run_config(config: int, args, train_list: Path, read=None) -> dict:
 
 def loader_alone(kind: str, args, train_list: Path) -> dict:
     """Clips/s of one loader with no model: ``--epochs`` epochs of the (repeated) training list,
-    batches moved to the device as the training loop moves them; median over epochs 2.."""
+    batches moved to the device as the training loop moves them; median over epochs 2.. of the rate
+    over each epoch's second half (as for the configs), and of whole epochs."""
     import torch
 
     from stadapter_fast.data import read_video_list
     from stadapter_fast.data.loaders import make_loaders
-    from stadapter_fast.train import build_parser
+    from stadapter_fast.train import build_parser, steady_clips_per_s
 
     targs = build_parser().parse_args([*shlex.split(args.common), "--data-root", str(args.data),
                                        "--batch-size", str(args.batch_size), "--workers", str(args.workers),
@@ -179,18 +322,22 @@ def loader_alone(kind: str, args, train_list: Path) -> dict:
     device = torch.device(args.device)
     items = read_video_list(train_list)
     loader, _, name = make_loaders(targs, items, items[:1], device, 0, 1)
-    rates = []
+    rates, steady = [], []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
-        t0, n = time.perf_counter(), 0
+        t0, n, stamps = time.perf_counter(), 0, []
         for clips, labels, _ in loader:
             clips = clips.to(device, non_blocking=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # as the training loop's loss.item() does each step
             n += len(labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            stamps.append((time.perf_counter(), n))
         rates.append(n / (time.perf_counter() - t0))
-    return {"loader": name, "threads": args.workers, "clips_per_s": statistics.median(rates[1:]),
-            "clips_per_s_per_epoch": rates}
+        steady.append(steady_clips_per_s(stamps, loader.batches_per_wave))
+    return {"loader": name, "threads": args.workers,
+            "clips_per_s": statistics.median(steady[1:]) if None not in steady[1:] else None,
+            "clips_per_s_whole_epoch": statistics.median(rates[1:]), "clips_per_s_per_epoch": rates,
+            "clips_per_s_steady_per_epoch": steady}
 
 
 def probe_dali(tmp: Path) -> str:
@@ -221,21 +368,23 @@ def table(rows: list, loaders: list) -> str:
         return "n/a" if v is None else format(v, spec)
 
     base = next((r.get("clips_per_s") for r in rows if r["config"] == 1), None)
-    lines = ["| config | loader | clips/s | vs (1) | epoch-1 clips/s | peak torch memory (MiB) | peak device memory "
-             "(MiB) | GPU util (%) | NVDEC util (%) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | loader | batch | clips/s | vs (1) | whole-epoch clips/s | epoch-1 clips/s | peak torch memory "
+             "(MiB) | peak device memory (MiB) | GPU util (%) | NVDEC util (%) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| ({r['config']}) {r['what']} | failed (exit {r['exit']}) | | | | | | | |")
+            lines.append(f"| ({r['config']}) {r['what']} | failed (exit {r['exit']}) | {r['batch_size']} | | | | | | | | |")
             continue
         ratio = r["clips_per_s"] / base if base and r["clips_per_s"] else None
-        lines.append(f"| ({r['config']}) {r['what']} | {r['loader']} | {f(r['clips_per_s'], '.1f')} | "
-                     f"{f(ratio, '.2f') + ('x' if ratio else '')} | {f(r['clips_per_s_epoch1'], '.1f')} | "
+        lines.append(f"| ({r['config']}) {r['what']} | {r['loader']} | {r['batch_size']} | {f(r['clips_per_s'], '.1f')} | "
+                     f"{f(ratio, '.2f') + ('x' if ratio else '')} | {f(r['clips_per_s_whole_epoch'], '.1f')} | "
+                     f"{f(r['clips_per_s_epoch1'], '.1f')} | "
                      f"{f(r['peak_memory_mb'], '.0f')} | {f(r['nvml_peak_used_mb'], '.0f')} | "
                      f"{f(r['gpu_util_pct'], '.0f')} | {f(r['nvdec_util_pct'], '.0f')} |")
     if loaders:
         lines.append("")
     lines += [f"loader alone, {ld['threads']} thread(s): {ld['loader']} "
-              + (f"{ld['clips_per_s']:.1f} clips/s" if "error" not in ld else f"failed: {ld['error'][:200]}")
+              + (f"{f(ld['clips_per_s'], '.1f')} clips/s ({f(ld['clips_per_s_whole_epoch'], '.1f')} over whole epochs)"
+                 if "error" not in ld else f"failed: {ld['error'][:200]}")
               for ld in loaders]
     return "\n".join(lines)
 
@@ -248,10 +397,16 @@ def main(argv=None, read=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--configs", default="1,2,3,4,5", help="comma-separated numbers of CONFIGS")
     ap.add_argument("--loaders", default="pyav,dali", help="loaders timed alone, after the configs ('' for none)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--step-memory", type=int, default=None, metavar="CONFIG",
+                    help="only print one training step's peak memory (MiB) of CONFIG's model at --batches, as JSON")
+    ap.add_argument("--batches", default=",".join(map(str, FIT_PROBE_BATCHES)), help="batch sizes for --step-memory")
+    ap.add_argument("--batch-size", type=batch_size_arg, default=32,
+                    help="clips per step, every config; 'auto': the largest that fits (CUDA; see the docstring)")
     ap.add_argument("--workers", type=int, default=16, help="DataLoader workers / DALI threads, every run")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=4, help="times each training video is listed per epoch")
+    ap.add_argument("--min-steps", type=int, default=48,
+                    help="list the videos more than --repeat times where needed for this many steps per epoch")
     ap.add_argument("--config-timeout", type=float, default=150.0, help="seconds before a config's run is killed")
     ap.add_argument("--dali-decoder", choices=["auto", "gpu", "cpu"], default="auto", help="stadapter-train's flag")
     ap.add_argument("--append", action="store_true",
@@ -263,6 +418,13 @@ def main(argv=None, read=None) -> int:
         route = probe_dali(args.probe_dali)
         (args.probe_dali / "route.txt").write_text(route + "\n")
         print(route)
+        return 0
+    if args.step_memory is not None:
+        if args.step_memory not in CONFIGS:
+            raise ValueError(f"--step-memory: expected a number among {sorted(CONFIGS)}, got {args.step_memory}")
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+        memory = step_memory(args.common, CONFIGS[args.step_memory][1], batches, args.device)
+        print(STEP_MEMORY_TAG + json.dumps(memory))
         return 0
     if args.data is None or args.out is None:
         raise ValueError(f"--data and --out: expected both (or --probe-dali), got --data {args.data} --out {args.out}")
@@ -281,9 +443,26 @@ def main(argv=None, read=None) -> int:
     result = {"configs": [], "loaders_alone": [], "device": args.device, "dali_decoder": args.dali_decoder,
               **versions()}
     previous = args.out / "train_gpu.json"
-    if args.append and previous.is_file():
-        old = json.loads(previous.read_text())
+    old = json.loads(previous.read_text()) if args.append and previous.is_file() else None
+    if old is not None:
         result["configs"], result["loaders_alone"] = old["configs"], old["loaders_alone"]
+    if args.batch_size == "auto" and old is not None and "batch_size" in old:
+        # the rows of one table share the batch and the list
+        args.batch_size, args.repeat = old["batch_size"], old["repeat"]
+        result["batch_fit"] = old.get("batch_fit")
+    elif args.batch_size == "auto":
+        try:
+            result["batch_fit"] = auto_batch(args)
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+            if not args.device.startswith("cuda"):
+                raise
+            # a visit cannot be redone: run the configs at the fallback batch, with the failure on record
+            result["batch_fit"] = {"batch_size": FIT_FALLBACK, "error": f"{type(e).__name__}: {e}"[-2000:]}
+        args.batch_size = result["batch_fit"]["batch_size"]
+        print(f"--batch-size auto: {json.dumps(result['batch_fit'])}", flush=True)
+    videos = sum(1 for ln in (args.data / "train.txt").read_text().splitlines() if ln.strip())
+    args.repeat = max(args.repeat, math.ceil(args.min_steps * args.batch_size / max(videos, 1)))
+    result["batch_size"], result["repeat"] = args.batch_size, args.repeat
     if args.device.startswith("cuda"):
         import torch
 
@@ -293,6 +472,7 @@ def main(argv=None, read=None) -> int:
         (args.out / "train_gpu.json").write_text(json.dumps(result, indent=1))
 
     train_list = repeated_list(args.data, args.out, args.repeat)
+    save()  # the batch (and its fit) is on record before the first config runs
     for c in configs:
         result["configs"].append(run_config(c, args, train_list, read=read))
         save()

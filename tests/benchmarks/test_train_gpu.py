@@ -43,22 +43,28 @@ def test_config_table_parses_and_names_each_setup():
 
 def test_runs_configs_appends_and_times_a_loader_on_cpu(data, tmp_path, capsys):
     out = tmp_path / "runs"
-    base = ["--data", str(data), "--out", str(out), "--batch-size", "4", "--workers", "0", "--epochs", "3",
-            "--repeat", "2", "--device", "cpu", "--common", TINY]
-    assert train_gpu.main([*base, "--configs", "1", "--loaders", ""]) == 0
-    assert train_gpu.main([*base, "--configs", "2", "--loaders", "pyav", "--append"]) == 0
+    base = ["--data", str(data), "--out", str(out), "--workers", "0", "--epochs", "3", "--device", "cpu",
+            "--common", TINY, "--min-steps", "0"]
+    assert train_gpu.main([*base, "--batch-size", "4", "--repeat", "2", "--configs", "1", "--loaders", ""]) == 0
+    # an appended run with --batch-size auto takes the first run's batch and list (no CUDA needed for that)
+    assert train_gpu.main([*base, "--batch-size", "auto", "--configs", "2", "--loaders", "pyav", "--append"]) == 0
     res = json.loads((out / "train_gpu.json").read_text())
     r1, r2 = res["configs"]
     assert (r1["config"], r2["config"]) == (1, 2) and r1["exit"] == r2["exit"] == 0
+    assert r1["batch_size"] == r2["batch_size"] == res["batch_size"] == 4
+    assert r1["repeat"] == r2["repeat"] == res["repeat"] == 2
     for r in (r1, r2):
         assert r["loader"] == "pyav" and len(r["clips_per_s_per_epoch"]) == 3
-        assert r["clips_per_s"] == statistics.median(r["clips_per_s_per_epoch"][1:])  # epoch 1 left out
+        # epoch 1 left out; the rate over each epoch's second half (4 steps an epoch here), and whole epochs
+        assert r["clips_per_s"] == statistics.median(r["clips_per_s_steady_per_epoch"][1:])
+        assert r["clips_per_s_whole_epoch"] == statistics.median(r["clips_per_s_per_epoch"][1:])
         assert r["peak_memory_mb"] is None and r["gpu_util_pct"] is None and r["samples"] == 0  # CPU: no NVML
     assert (out / "train_x2.txt").read_text().count("\n") == 16  # 8 videos listed twice
     (ld,) = res["loaders_alone"]
     assert ld["loader"] == "pyav" and ld["clips_per_s"] > 0 and len(ld["clips_per_s_per_epoch"]) == 3
+    assert ld["clips_per_s"] == statistics.median(ld["clips_per_s_steady_per_epoch"][1:])
     table = capsys.readouterr().out
-    assert f"| (2) fast adapters + PyAV DataLoader | pyav | {r2['clips_per_s']:.1f} | " \
+    assert f"| (2) fast adapters + PyAV DataLoader | pyav | 4 | {r2['clips_per_s']:.1f} | " \
            f"{r2['clips_per_s'] / r1['clips_per_s']:.2f}x |" in table
 
 
@@ -98,7 +104,127 @@ def test_dali_probe_on_cpu_says_cpu(tmp_path, capsys):
     assert (tmp_path / "route.txt").read_text() == "cpu\n" and "DALI NVDEC route failed" in capsys.readouterr().out
 
 
+def test_min_steps_lists_the_videos_more_times(data, tmp_path):
+    """8 videos, batch 4, 48 steps per epoch (the default): the list is repeated 24 times (not --repeat's 2)."""
+    assert train_gpu.main(["--data", str(data), "--out", str(tmp_path), "--configs", "", "--loaders", "",
+                           "--batch-size", "4", "--repeat", "2", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "train_gpu.json").read_text())["repeat"] == 24
+    assert (tmp_path / "train_x24.txt").read_text().count("\n") == 192
+
+
+def test_fit_batch_fills_the_memory_fraction_and_respects_shared_memory():
+    # 2 GiB fixed + 2000 MiB per clip on a 143771 MiB device: (0.8 * 143771 - 4096 - 2000) / 2000 = 54.46
+    fit = train_gpu.fit_batch({4: 10000.0, 12: 26000.0}, 143771, shm_free_mb=65536, clip_mb=4.59375, workers=16)
+    assert (fit["per_clip_mb"], fit["fixed_mb"], fit["by_memory"]) == (2000.0, 2000.0, 54)
+    assert fit["by_shm"] == 222 and fit["batch_size"] == 48  # rounded down to a multiple of 8
+    # /dev/shm with room for 16 workers x 2 batches of 20 clips only
+    small = train_gpu.fit_batch({4: 10000.0, 12: 26000.0}, 143771, shm_free_mb=2 * 16 * 2 * 20 * 4.59375,
+                                clip_mb=4.59375, workers=16)
+    assert small["by_shm"] == 20 and small["batch_size"] == 16
+    assert train_gpu.fit_batch({4: 1000.0, 12: 1800.0}, 143771, 1e9, 4.6, 16)["batch_size"] == train_gpu.FIT_CAP
+    assert train_gpu.fit_batch({4: 10000.0, 12: 26000.0}, 27000, 1e9, 4.6, 16)["batch_size"] == 7  # under 8: as is
+    # Docker's 64 MiB /dev/shm: no useful batch for the PyAV loader; recorded, not applied (DALI's configs)
+    tiny = train_gpu.fit_batch({4: 10000.0, 12: 26000.0}, 143771, 64, 4.59375, 16)
+    assert tiny["by_shm"] == 0 and tiny["shm_applied"] is False and tiny["batch_size"] == 48
+    with pytest.raises(ValueError, match=r"--batch-size auto: expected peak memory to grow with the batch"):
+        train_gpu.fit_batch({4: 5000.0, 12: 5000.0}, 143771, 1e9, 4.6, 16)
+    with pytest.raises(ValueError, match=r"--batch-size auto: expected room for one clip, got 11904 MiB usable "
+                                         r"for 20000 MiB fixed \+ 2000 MiB per clip"):
+        train_gpu.fit_batch({4: 28000.0, 12: 44000.0}, 20000, 1e9, 4.6, 16)
+
+
+def test_step_memory_runs_a_training_step_per_batch_size(monkeypatch):
+    """On CPU with a stand-in counter: one step per batch size, of config 1's model (reference adapters),
+    and the adapters are updated (the step is a real training step)."""
+    import torch
+
+    readings, steps, real_step = iter([111.0, 333.0]), [], torch.optim.AdamW.step
+
+    def step(opt, *a, **kw):  # each update has gradients, and changes the trainable parameters
+        params = [p for g in opt.param_groups for p in g["params"]]
+        before = [p.detach().clone() for p in params]
+        steps.append(sum(p.grad is not None for p in params))
+        out = real_step(opt, *a, **kw)
+        assert any(not torch.equal(b, p) for b, p in zip(before, params))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    mem = train_gpu.step_memory(TINY + " --amp none --backbone-dtype none", train_gpu.CONFIGS[1][1], [2, 3], "cpu",
+                                peak_mb=lambda: next(readings))
+    assert mem == {2: 111.0, 3: 333.0}
+    assert len(steps) == 3 and min(steps) > 0  # an unmeasured warm-up step, then one per batch size
+    with pytest.raises(ValueError, match=r"step_memory: device: expected a CUDA device .*got 'cpu'"):
+        train_gpu.step_memory(TINY, train_gpu.CONFIGS[1][1], [2], "cpu")
+
+
+def test_auto_batch_runs_the_probe_in_its_own_process_and_fits(monkeypatch):
+    """--batch-size auto: the probe command (config 1's model at FIT_PROBE_BATCHES, this run's --common),
+    its JSON read back, the device's memory and the clip size from --common go into fit_batch. CUDA and
+    the child process are stood in for."""
+    import argparse
+    import subprocess
+
+    import torch
+
+    seen = {}
+
+    def run(cmd, **kw):
+        seen["cmd"] = cmd
+        out = f'log line\n{train_gpu.STEP_MEMORY_TAG}{{"4": 10000.0, "12": 26000.0}}\n{{"a late": "line"}}\n'
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: argparse.Namespace(total_memory=143771 * 2 ** 20))
+    monkeypatch.setattr(train_gpu.subprocess, "run", run)
+    monkeypatch.setattr(train_gpu.shutil, "disk_usage", lambda p: argparse.Namespace(free=64 * 2 ** 30))
+    args = argparse.Namespace(device="cuda", common=train_gpu.COMMON, workers=16)
+    fit = train_gpu.auto_batch(args)
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "benchmarks.train_gpu", "--step-memory", "1"]
+    assert cmd[cmd.index("--batches") + 1] == "4,12" and cmd[cmd.index("--common") + 1] == train_gpu.COMMON
+    assert fit["probe_mb"] == {"4": 10000.0, "12": 26000.0} and fit["per_clip_mb"] == 2000.0
+    # 224x224x8 float32 clips: 4.59 MiB; 64 GiB of /dev/shm: 222 clips a batch
+    assert fit["by_shm"] == 222 and fit["batch_size"] == 48
+    monkeypatch.setattr(train_gpu.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, stdout="", stderr="CUDA out of memory"))
+    with pytest.raises(RuntimeError, match=r"the memory probe failed \(exit 1\):\nCUDA out of memory"):
+        train_gpu.auto_batch(args)
+    monkeypatch.setattr(train_gpu.subprocess, "run",  # exit 0 without the tagged line
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout="{}\n", stderr=""))
+    with pytest.raises(RuntimeError, match=r"the memory probe failed \(exit 0\)"):
+        train_gpu.auto_batch(args)
+
+
+def test_a_failed_fit_on_a_gpu_falls_back_and_is_recorded(data, tmp_path, monkeypatch):
+    """On a GPU visit a failed probe must not cost the configs: they run at FIT_FALLBACK, and the
+    error is in the JSON. (CUDA is stood in for; no config runs.)"""
+    import torch
+
+    def fail(args):
+        raise RuntimeError("--batch-size auto: the memory probe failed (exit 1):\nboom")
+
+    monkeypatch.setattr(train_gpu, "auto_batch", fail)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
+    assert train_gpu.main(["--data", str(data), "--out", str(tmp_path), "--configs", "", "--loaders", "",
+                           "--device", "cuda", "--batch-size", "auto"]) == 0
+    res = json.loads((tmp_path / "train_gpu.json").read_text())
+    assert res["batch_size"] == train_gpu.FIT_FALLBACK == res["batch_fit"]["batch_size"]
+    assert res["batch_fit"]["error"].endswith("the memory probe failed (exit 1):\nboom")
+
+
+def test_batch_size_argument():
+    assert train_gpu.batch_size_arg("auto") == "auto" and train_gpu.batch_size_arg("48") == 48
+    for bad in ("0", "-8", "big"):
+        with pytest.raises(Exception, match=rf"expected 'auto' or an integer >= 1, got '{bad}'"):
+            train_gpu.batch_size_arg(bad)
+
+
 @pytest.mark.parametrize("argv,match", [
+    (["--step-memory", "9"], r"--step-memory: expected a number among \[1, 2, 3, 4, 5\], got 9"),
+    (["--step-memory", "1", "--device", "cpu"], r"step_memory: device: expected a CUDA device"),
+    (["--batch-size", "auto", "--device", "cpu"],
+     r"--batch-size auto: expected a CUDA --device that is available, got 'cpu' \(give a number instead\)"),
     (["--configs", "2,9"], r"--configs: expected numbers among \[1, 2, 3, 4, 5\], got \[9\]"),
     (["--epochs", "2"], r"--epochs: expected >= 3 \(epoch 1 is warm-up; utilisation is read over epochs 2..N-1\), got 2"),
     (["--repeat", "0"], r"--repeat: expected >= 1, got 0"),

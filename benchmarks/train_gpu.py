@@ -262,6 +262,14 @@ def train_args(config: int, data: Path, train_list: Path, out: Path, common: str
             "--quiet"]
 
 
+def rates(whole: list, steady: list) -> dict:
+    """A run's clips/s from its per-epoch rates (whole epochs, and ``steady_clips_per_s``): medians over
+    epochs 2.. (epoch 1 pays compiles and autotuning); the steady one is None if an epoch had none."""
+    return {"clips_per_s": statistics.median(steady[1:]) if None not in steady[1:] else None,
+            "clips_per_s_whole_epoch": statistics.median(whole[1:]), "clips_per_s_epoch1": whole[0],
+            "clips_per_s_per_epoch": whole, "clips_per_s_steady_per_epoch": steady}
+
+
 def run_config(config: int, args, train_list: Path, read=None) -> dict:
     out = args.out / f"config{config}"
     shutil.rmtree(out, ignore_errors=True)  # a previous run's metrics.jsonl would start the window early
@@ -296,14 +304,9 @@ def run_config(config: int, args, train_list: Path, read=None) -> dict:
         return min((t for n, t in seen.items() if n >= k), default=None)
 
     window = gpu.window(first_seen(1), first_seen(args.epochs - 1))
-    steady = [r.get("clips_per_s_steady") for r in recs[1:]]
-    return row | {"clips_per_s": statistics.median(steady) if None not in steady else None,
-                  "clips_per_s_whole_epoch": statistics.median(r["clips_per_s"] for r in recs[1:]),
-                  "clips_per_s_epoch1": recs[0]["clips_per_s"], "clips_per_s_per_epoch": [r["clips_per_s"] for r in recs],
-                  "clips_per_s_steady_per_epoch": [r.get("clips_per_s_steady") for r in recs],
-                  "peak_memory_mb": summary["peak_memory_mb"], "loader": summary["loader"], **window,
-                  "nvml_error": gpu.error, "val_top1": summary["val_top1"],
-                  "trainable_params": summary["trainable_params"]}
+    return row | rates([r["clips_per_s"] for r in recs], [r["clips_per_s_steady"] for r in recs]) | {
+        "peak_memory_mb": summary["peak_memory_mb"], "loader": summary["loader"], **window, "nvml_error": gpu.error,
+        "val_top1": summary["val_top1"], "trainable_params": summary["trainable_params"]}
 
 
 def loader_alone(kind: str, args, train_list: Path) -> dict:
@@ -322,7 +325,7 @@ def loader_alone(kind: str, args, train_list: Path) -> dict:
     device = torch.device(args.device)
     items = read_video_list(train_list)
     loader, _, name = make_loaders(targs, items, items[:1], device, 0, 1)
-    rates, steady = [], []
+    whole, steady = [], []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
         t0, n, stamps = time.perf_counter(), 0, []
@@ -332,12 +335,9 @@ def loader_alone(kind: str, args, train_list: Path) -> dict:
                 torch.cuda.synchronize(device)  # as the training loop's loss.item() does each step
             n += len(labels)
             stamps.append((time.perf_counter(), n))
-        rates.append(n / (time.perf_counter() - t0))
+        whole.append(n / (time.perf_counter() - t0))
         steady.append(steady_clips_per_s(stamps, loader.batches_per_wave))
-    return {"loader": name, "threads": args.workers,
-            "clips_per_s": statistics.median(steady[1:]) if None not in steady[1:] else None,
-            "clips_per_s_whole_epoch": statistics.median(rates[1:]), "clips_per_s_per_epoch": rates,
-            "clips_per_s_steady_per_epoch": steady}
+    return {"loader": name, "threads": args.workers} | rates(whole, steady)
 
 
 def probe_dali(tmp: Path) -> str:

@@ -637,7 +637,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     if bad and tr.rank == 0:
         print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5])
               + (" ..." if len(bad) > 5 else ""))
-    steady = steady_clips_per_s(stamps, getattr(tr.train_loader, "batches_per_wave", 1))
+    steady = steady_clips_per_s(stamps, tr.train_loader.batches_per_wave)
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9),
            "clips_per_s_steady": None if steady is None else steady * tr.world, "train_bad": len(bad), **tr.counts}

@@ -172,30 +172,30 @@ def gather(src: Path = DEFAULT_DEST, stash: Path = DEFAULT_STASH) -> tuple[int, 
                              f"match its manifest); pack again")
         for f in (piece, m["dir"] / "MANIFEST.json"):
             shutil.copy2(f, stash / (f.name if f == piece else f"MANIFEST.{m['index']:03d}.json"))
-    return _status(stash)
+    return _status(stash)[:2]
 
 
-def _status(stash: Path) -> tuple[int, list]:
-    mans = [json.loads(p.read_text()) for p in sorted(stash.glob("MANIFEST.*.json"))]
+def _status(stash: Path) -> tuple[int, list, dict]:
+    """(number of parts, indices missing from ``stash``, {index: manifest} of those stashed)."""
+    mans = {m["index"]: m for m in (json.loads(p.read_text()) for p in sorted(stash.glob("MANIFEST.*.json")))}
     if not mans:
-        return 0, []
-    whole = {m["sha256"] for m in mans}
+        return 0, [], {}
+    whole = {m["sha256"] for m in mans.values()}
     if len(whole) != 1:
         raise ValueError(f"{stash}: parts of {len(whole)} different packs; remove it and carry one pack's parts")
-    n = mans[0]["parts"]
-    have = {m["index"] for m in mans if (stash / m["part"]).is_file()}
-    return n, sorted(set(range(1, n + 1)) - have)
+    n = next(iter(mans.values()))["parts"]
+    have = {k for k, m in mans.items() if (stash / m["part"]).is_file()}
+    return n, sorted(set(range(1, n + 1)) - have), mans
 
 
 def unpack(stash: Path = DEFAULT_STASH, site: Path = DEFAULT_SITE) -> Path:
     """Join the stashed parts, check the whole archive's sha256 and extract it into ``site``."""
     stash, site = Path(stash), Path(site)
-    n, missing = _status(stash)
+    n, missing, mans = _status(stash)
     if not n or missing:
         what = f"parts {missing} of {n}" if n else "every part"
         raise ValueError(f"{stash}: {what} not stashed yet (a machine that went cold loses them: carry each "
                          f".gpu-deps/part-K again, in back-to-back calls)")
-    mans = {m["index"]: m for m in (json.loads(p.read_text()) for p in stash.glob("MANIFEST.*.json"))}
     joined = stash / ARCHIVE
     with open(joined, "wb") as out:
         for k in range(1, n + 1):

@@ -90,14 +90,14 @@ def batch_size_arg(text: str):
 
 
 def step_memory(common: str, extra: str, batches, device: str, num_classes: int = 4, peak_mb=None) -> dict:
-    """Peak torch memory (MiB) of one training step (forward under the arguments' autocast, cross-entropy,
-    backward, AdamW update) of the model ``stadapter-train`` builds from ``common`` + ``extra``, at each of
+    """Peak torch memory (MiB) of one training step of ``stadapter-train``'s loop (its model from ``common``
+    + ``extra``, its loss under autocast, backward through its scaler, its optimizer update) at each of
     ``batches`` clips, measured from a reset peak each time. ``peak_mb`` (a function) replaces torch's
     CUDA counter, so a CPU test can run the steps."""
     import torch
-    import torch.nn.functional as F
 
-    from stadapter_fast.train import _DTYPES, build_model, build_parser, init_process, param_groups
+    from stadapter_fast.train import (_DTYPES, build_model, build_parser, forward_loss, init_process,
+                                      optimization, optimizer_step)
 
     args = build_parser().parse_args([*shlex.split(common), *shlex.split(extra), "--device", device])
     cuda = torch.device(device).type == "cuda"
@@ -108,17 +108,13 @@ def step_memory(common: str, extra: str, batches, device: str, num_classes: int 
         peak_mb = lambda: torch.cuda.max_memory_allocated(dev) / 2 ** 20  # noqa: E731
     model = build_model(args, num_classes, dev)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
-    amp = _DTYPES[args.amp]
+    opt, sched, scaler = optimization(args, model, dev, steps_per_epoch=len(batches) + 1)
 
     def step(b):
         clips = torch.randn(b, 3, args.frames, args.image_size, args.image_size, device=dev)
         labels = torch.randint(0, num_classes, (b,), device=dev)
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(model(clips), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        scaler.scale(forward_loss(model, clips, labels, _DTYPES[args.amp])).backward()
+        optimizer_step(opt, sched, scaler, 0)
 
     step(min(batches))  # unmeasured: AdamW's state and the libraries' workspaces exist before the first reading
     out = {}

@@ -239,6 +239,22 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
+def optimization(args, model, device: torch.device, steps_per_epoch: int):
+    """``(optimizer, schedule, scaler)`` of a run: AdamW over the trainable parameters (the release's
+    groups), the per-step cosine schedule with warm-up, and the GradScaler (enabled for fp16)."""
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
+    return opt, sched, torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+
+def forward_loss(model, clips, labels, amp_dtype, grad_accum: int = 1):
+    """A training micro-batch's loss (cross-entropy under the run's autocast, divided by the
+    accumulation count), ready for ``scaler.scale(loss).backward()``."""
+    with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return F.cross_entropy(model(clips), labels) / grad_accum
+
+
 def optimizer_step(opt, sched, scaler, step: int) -> tuple[int, str]:
     """One update from the accumulated gradients: ``(new step, outcome)``, outcome "ok"; "nonfinite"
     (a gradient holds inf/NaN: nothing updated, grads cleared); or "amp_skipped" (fp16's GradScaler
@@ -511,8 +527,7 @@ class Trainer:
 
 def build_trainer(args, train_items, val_items, num_classes: int, rank: int, world: int, local_rank: int,
                   device: torch.device) -> Trainer:
-    """Seeded model (DDP-wrapped under torchrun), loaders, AdamW with the per-step cosine schedule and
-    warm-up, and the GradScaler (enabled for fp16)."""
+    """Seeded model (DDP-wrapped under torchrun), loaders, and the optimization (``optimization``)."""
     from .data.loaders import make_loaders
 
     out = Path(args.out)
@@ -525,10 +540,7 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
             model, device_ids=[local_rank] if device.type == "cuda" else None)
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.grad_accum))
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    opt, sched, scaler = optimization(args, model, device, steps_per_epoch)
     return Trainer(args, model, ddp_model, train_loader, val_loader, loader_kind, opt, sched, scaler, device, out,
                    rank, world)
 
@@ -612,8 +624,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         if clips is None:
             continue
         clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=tr.amp_dtype, enabled=tr.amp_dtype is not None):
-            loss = F.cross_entropy(tr.ddp_model(clips), labels) / args.grad_accum
+        loss = forward_loss(tr.ddp_model, clips, labels, tr.amp_dtype, args.grad_accum)
         loss_value = loss.item() * args.grad_accum
         if not _finite_everywhere(tr, loss_value):
             _nonfinite(tr, f"non-finite training loss ({loss_value} on this rank)" if tr.world > 1 else

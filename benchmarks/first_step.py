@@ -2,9 +2,13 @@
 adapters on GPU) vs the steps after it. The first step pays Triton's JIT compiles and autotuning (one
 timing sweep per kernel and shape class); later steps only run. Run it in a fresh process, since the
 autotuner's picks live for the process (Triton's on-disk cache of compiled kernels outlives it: the
-report says how many files it held before).
+report says how many files it held before). With ``TRITON_CACHE_AUTOTUNING=1`` Triton also keeps each
+key's config timings on disk (keyed by Triton's version, the GPU architecture, the kernel's source, the
+key and the configs), so a second process skips the timing sweeps: the report says whether the knob was
+on and how many such files the cache held before.
 
-    python -m benchmarks.first_step [--provider fast] [--config 12x384] [--dtype bfloat16] [--out F.json]
+    python -m benchmarks.first_step [--provider fast] [--config 12x384] [--dtype bfloat16] [--label L]
+                                    [--out F.json]   (F.json: a list of runs; each run appends to it)
 """
 from __future__ import annotations
 
@@ -23,9 +27,19 @@ from benchmarks._model import build_model_step
 CONFIGS = {"12x384": ("12x384", 1), "24x384": ("24x384", 2)}
 
 
-def _cache_files() -> int:
+def _cache_files(pattern: str = "*") -> int:
     root = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
-    return sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+    return sum(1 for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else 0
+
+
+def _autotune_disk_cache() -> bool:
+    """Whether Triton keeps autotuning timings on disk in this process (``TRITON_CACHE_AUTOTUNING``)."""
+    try:
+        from triton import knobs
+
+        return bool(knobs.autotuning.cache)
+    except (ImportError, AttributeError):  # no triton here, or a version without the knob
+        return os.environ.get("TRITON_CACHE_AUTOTUNING", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _tuned_keys() -> dict:
@@ -48,9 +62,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--config", default="12x384", choices=sorted(CONFIGS))
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--label", default=None, help="the run's name in the output (default: the provider)")
+    ap.add_argument("--out", type=Path, default=None, help="a JSON list of runs: this run is appended")
     args = ap.parse_args(argv)
-    cache_before = _cache_files()
+    cache_before, tuned_before = _cache_files(), _cache_files("*.autotune.json")
     step, _ = build_model_step(CONFIGS[args.config], getattr(torch, args.dtype), "train_step", args.provider,
                                "default")
     sync()
@@ -60,13 +75,17 @@ def main(argv=None) -> dict:
         step(i)
         sync()
         seconds.append(time.perf_counter() - t)
-    result = {"provider": args.provider, "config": args.config, "dtype": args.dtype, "device": device(),
+    result = {"run": args.label or args.provider, "provider": args.provider, "config": args.config, "dtype": args.dtype, "device": device(),
               "device_name": torch.cuda.get_device_name() if device() == "cuda" else "cpu",
               "step_s": seconds, "first_minus_steady_s": seconds[0] - min(seconds[1:] or seconds),
-              "triton_cache_files_before": cache_before, "autotuned_keys": _tuned_keys(), **versions()}
+              "triton_cache_files_before": cache_before, "autotune_disk_cache": _autotune_disk_cache(),
+              "autotune_files_before": tuned_before, "autotuned_keys": _tuned_keys(), **versions()}
     print(json.dumps(result, indent=1))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        runs = json.loads(args.out.read_text()) if args.out.is_file() else []
+        if not isinstance(runs, list):
+            raise ValueError(f"--out: expected {args.out} to hold a JSON list of runs, got {type(runs).__name__}")
+        args.out.write_text(json.dumps(runs + [result], indent=1))
     return result
 
 

@@ -3,6 +3,8 @@ the L2 flush and graph capture, are checked by tests/test_gpu.py on a GPU)."""
 import json
 import time
 
+import pytest
+
 from benchmarks import _harness as harness
 
 
@@ -22,12 +24,28 @@ def test_measure_reports_device_wall_and_why_no_graph():
     assert harness.measure(fn, 0, 1, graph=False).graph_error == "not requested"
 
 
-def test_first_step_script_reports_each_step(tmp_path):
+def test_first_step_script_reports_each_step(tmp_path, monkeypatch):
     from benchmarks.first_step import main
 
+    cache = tmp_path / "triton-cache"
+    (cache / "ab12").mkdir(parents=True)
+    for name in ("dwconv_fwd.autotune.json", "dwconv_fwd.cubin", "dwconv_fwd.json"):
+        (cache / "ab12" / name).write_text("{}")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
+    monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
     out = tmp_path / "first.json"
     res = main(["--steps", "2", "--out", str(out)])
-    assert json.loads(out.read_text()) == res
+    assert json.loads(out.read_text()) == [res] and res["run"] == "fast"
+    assert res["triton_cache_files_before"] == 3 and res["autotune_files_before"] == 1
+    assert res["autotune_disk_cache"] is False  # TRITON_CACHE_AUTOTUNING unset
+    monkeypatch.setenv("TRITON_CACHE_AUTOTUNING", "1")
+    again = main(["--steps", "1", "--label", "fast_cached", "--out", str(out)])
+    assert again["autotune_disk_cache"] is True and again["run"] == "fast_cached"
+    assert json.loads(out.read_text()) == [res, again]  # runs append to one list
+    out.write_text("{}")
+    with pytest.raises(ValueError, match=r"--out: expected .*first.json to hold a JSON list of runs, got dict"):
+        main(["--steps", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == {}  # the file is left as it was
     assert len(res["step_s"]) == 2 and all(s > 0 for s in res["step_s"])
     assert res["first_minus_steady_s"] == res["step_s"][0] - res["step_s"][1]
     assert res["provider"] == "fast" and res["torch"] and res["autotuned_keys"] == {}  # nothing tunes on CPU

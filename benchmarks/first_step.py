@@ -43,17 +43,12 @@ def _autotune_disk_cache() -> bool:
 
 
 def _tuned_keys() -> dict:
-    """How many (kernel, key) pairs the autotuner has timed in this process, per kernel module."""
-    out = {}
-    for name in ("csrc_triton.dwconv_tokens", "csrc_triton.adapter_onepass"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            continue
-        for attr, obj in vars(mod).items():
-            cache = getattr(getattr(obj, "tuned", None), "cache", None)
-            if isinstance(cache, dict):
-                out[attr] = len(cache)
-    return out
+    """How many keys the autotuner has timed (or read from disk) in this process, per kernel."""
+    if "csrc_triton.common" not in sys.modules:  # no Triton launch happened (the torch backend)
+        return {}
+    from csrc_triton.common import tuned_kernels
+
+    return {k.name: len(k.tuned.cache) for k in tuned_kernels() if k.tuned is not None}
 
 
 def main(argv=None) -> dict:

@@ -13,6 +13,9 @@ joins, verifies and unpacks them:
     python3 -m benchmarks.gpu_deps unpack                   # when all are stashed: join, check, extract
     export PYTHONPATH=/tmp/stadapter-gpu-site:$PYTHONPATH
 
+``pack`` also downloads pytest-xdist into ``.gpu-deps/test-wheels`` (``test-wheels`` does only that);
+``benchmarks/run_gpu.sh``'s phase T extracts them (``test-site``) to run the GPU tests in parallel.
+
 ``benchmarks/run_gpu_train.sh`` runs ``gather`` and ``unpack`` for its phases. The unpack side uses
 only the standard library (``tarfile`` reads xz), since nothing can be installed on the GPU machine.
 """
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 # What the GPU image lacks for issue 12's measurements (device README's package list): PyAV, DALI for
@@ -46,6 +50,11 @@ REQUIREMENTS = (
     "makefun==1.16.0",
     "libcst==1.9.0",
 )
+# pytest-xdist for the GPU tests (run_gpu.sh's phase T runs them over the machine's cores): pure Python,
+# ~90 KB, kept beside the parts as wheels, since phase T runs before the pack's parts are all in.
+TEST_REQUIREMENTS = ("pytest-xdist==3.8.0", "execnet==2.1.2")
+TEST_WHEELS = "test-wheels"
+DEFAULT_TEST_SITE = Path("/tmp/stadapter-test-site")
 PYTHON_VERSION = "3.12"  # the GPU image's python3
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
@@ -211,6 +220,30 @@ def unpack(stash: Path = DEFAULT_STASH, site: Path = DEFAULT_SITE) -> Path:
     return site
 
 
+def fetch_test_wheels(dest: Path = DEFAULT_DEST, requirements=TEST_REQUIREMENTS) -> Path:
+    """Download ``requirements`` (pure-Python wheels) into ``dest/test-wheels``; returns that folder."""
+    out = Path(dest) / TEST_WHEELS
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(out), *requirements],
+                   check=True)
+    return out
+
+
+def extract_test_wheels(src: Path = DEFAULT_DEST / TEST_WHEELS, site: Path = DEFAULT_TEST_SITE) -> Path:
+    """Extract the pure-Python wheels in ``src`` into ``site`` (a folder for ``PYTHONPATH``: a wheel
+    unzipped is an install, entry points included, for the standard library alone to do)."""
+    src, site = Path(src), Path(site)
+    wheels = sorted(src.glob("*.whl"))
+    if not wheels:
+        raise ValueError(f"{src}: expected .whl files (carry .gpu-deps/{TEST_WHEELS}), found none")
+    for w in wheels:
+        if not w.name.endswith("-py3-none-any.whl"):
+            raise ValueError(f"{w}: expected a pure-Python wheel (*-py3-none-any.whl)")
+        with zipfile.ZipFile(w) as z:
+            z.extractall(site)
+    return site
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_deps", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -225,9 +258,20 @@ def main(argv=None) -> int:
     u = sub.add_parser("unpack", help="join the stashed parts and extract them (on the GPU machine)")
     u.add_argument("--stash", type=Path, default=DEFAULT_STASH)
     u.add_argument("--site", type=Path, default=DEFAULT_SITE)
+    t = sub.add_parser("test-wheels", help=f"download {', '.join(TEST_REQUIREMENTS)} into DEST/{TEST_WHEELS} (here)")
+    t.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    ts = sub.add_parser("test-site", help="extract the carried test wheels for PYTHONPATH (on the GPU machine)")
+    ts.add_argument("--src", type=Path, default=DEFAULT_DEST / TEST_WHEELS)
+    ts.add_argument("--site", type=Path, default=DEFAULT_TEST_SITE)
     a = ap.parse_args(argv)
     if a.cmd == "pack":
         pack(a.dest, a.wheel_dir, a.part_mib, download=not a.no_download)
+        if not a.no_download:
+            print(fetch_test_wheels(a.dest))
+    elif a.cmd == "test-wheels":
+        print(fetch_test_wheels(a.dest))
+    elif a.cmd == "test-site":
+        print(extract_test_wheels(a.src, a.site))
     elif a.cmd == "gather":
         n, missing = gather(a.src, a.stash)
         print(f"{a.stash}: {n - len(missing)} of {n} part(s) stashed" + (f"; missing {missing}" if missing else

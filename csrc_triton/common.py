@@ -243,6 +243,17 @@ def config_space(columns: str, *rows: tuple) -> list[dict]:
     return [dict(zip(names, r)) for r in rows]
 
 
+_TUNED_KERNELS: list = []
+
+
+def tuned_kernels() -> list:
+    """Every :class:`TunedKernel` of the kernel modules (``dwconv_tokens``, ``adapter_onepass``), which
+    this imports: for tools that read or force the tuner's state (the first-step report, the tests)."""
+    from . import adapter_onepass, dwconv_tokens  # noqa: F401  (their kernels register on import)
+
+    return list(_TUNED_KERNELS)
+
+
 class TunedKernel:
     """A ``@triton.jit`` kernel with its launch configurations.
 
@@ -250,10 +261,12 @@ class TunedKernel:
     sizes and ``num_warps``), timed once per ``key`` (shape class + constexpr variant + dtypes).
     Under the interpreter (which cannot time, and pays ~7 ms per program) there is one config,
     ``interp(**shape)``, with big tiles. ``config=`` (a dict) or the ``forced`` attribute forces one
-    config, so tests can run every GPU config through the interpreter."""
+    config, so tests can run every GPU config through the interpreter. Every instance is listed by
+    :func:`tuned_kernels`."""
 
     def __init__(self, kernel, space: list[dict], key: list[str], interp, defaults: dict | None = None):
         self.kernel = kernel
+        self.name = getattr(kernel, "__name__", repr(kernel))
         self.defaults = DEFAULTS if defaults is None else defaults
         space = [dict(self.defaults, **d) for d in space]
         self.space = space
@@ -269,6 +282,7 @@ class TunedKernel:
                                   num_warps=d.get("num_warps", 4), num_stages=d.get("num_stages", 3))
                     for d in space]
             self.tuned = triton.autotune(configs=cfgs, key=key)(kernel)
+        _TUNED_KERNELS.append(self)
 
     def _pick(self, shape: dict, config: dict | None) -> dict | None:
         if config is None:

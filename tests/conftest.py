@@ -1,6 +1,7 @@
 """Test set-up: Triton's CPU interpreter when there is no GPU, NaN-poisoned fresh allocations,
 and tolerance helpers shared by the tests."""
 import os
+import zlib
 
 import pytest
 import torch
@@ -48,6 +49,32 @@ def nan_poisoned_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", _nan_empty)
     monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
     yield
+
+
+def forced_config(nodeid: str, kernel) -> dict:
+    """The config a test runs for ``kernel`` (a ``TunedKernel``) on a GPU: one of its space, picked by a
+    hash of the test's id and the kernel's name (the same in every run and every xdist worker)."""
+    return kernel.space[zlib.crc32(f"{nodeid}|{kernel.name}".encode()) % len(kernel.space)]
+
+
+@pytest.fixture(autouse=True)
+def one_config_per_kernel(request, monkeypatch):
+    """On a GPU, each test runs one config per Triton kernel (``forced_config``) instead of the tuner,
+    which compiles and times every config of a kernel for each new variant and key: ~8 compiles where
+    one does, over the hundreds of variants the GPU tests meet. The hash spreads the configs over the
+    tests; tests/csrc_triton/test_tuning_configs.py checks every config explicitly. Tests marked
+    ``autotune`` run the tuner, as users do. (The interpreter runs one config anyway.)"""
+    if torch.cuda.is_available() and request.node.get_closest_marker("autotune") is None:
+        force_one_config(request.node.nodeid, monkeypatch)
+    yield
+
+
+def force_one_config(nodeid: str, monkeypatch) -> None:
+    """Every Triton kernel launches ``forced_config(nodeid, kernel)`` until ``monkeypatch`` undoes it."""
+    from csrc_triton.common import tuned_kernels
+
+    for k in tuned_kernels():
+        monkeypatch.setattr(k, "forced", forced_config(nodeid, k))
 
 
 # Property-based tests (tests/test_properties.py): a fixed seed and bounded examples in CI; the "slow"

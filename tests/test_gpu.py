@@ -61,6 +61,7 @@ def test_onepass_op_vitb_shape(dtype, prefix_through):
         assert_close(a, b, dtype, n, factor=1.0 if n in ("dx", "dh") else 4.0)
 
 
+@pytest.mark.autotune  # the module as users run it: the tuner picks
 @pytest.mark.parametrize("path,recompute", [("two_pass", True), ("one_pass", True), ("one_pass", False)])
 def test_module_autocast_bf16_vitb(path, recompute):
     torch.manual_seed(0)
@@ -101,6 +102,7 @@ def test_compile_on_gpu():
     assert_close(c(x, 8), m(x, 8), torch.float32, "compiled", factor=10)
 
 
+@pytest.mark.autotune
 def test_autotuned_launch_is_deterministic_for_its_config():
     """The tuner's pick, forced again, gives bit-identical weight gradients (fixed-order partial sums)."""
     import csrc_triton.adapter_onepass as onepass
@@ -135,8 +137,8 @@ GPU_SHAPES = [
 ]
 GPU_KERNELS = [((3, 1, 1), None), ((3, 3, 3), "gelu"), ((1, 3, 3), "quick_gelu")]
 PATHS = [("two_pass", True), ("one_pass", True), ("one_pass", False)]
-# every kernel x path in bf16 on every shape, and fp16 on the first (each new case autotunes and
-# compiles kernels, which is what bounds this file's run time on the device)
+# every kernel x path in bf16 on every shape, and fp16 on the first (each new case compiles kernels,
+# one config per kernel (tests/conftest.py), which is what bounds this file's run time on the device)
 ADAPTER_CASES = [pytest.param(shape, path, rec, ks, act, dt, id=f"{shape[0]}-{path}-rec{int(rec)}-k{''.join(map(str, ks))}-{act}-{str(dt)[6:]}")
                  for shape in GPU_SHAPES for path, rec in PATHS for ks, act in GPU_KERNELS
                  for dt in (torch.bfloat16, torch.float16) if dt == torch.bfloat16 or shape is GPU_SHAPES[0]]
@@ -199,6 +201,7 @@ def test_compile_fullgraph_grads_on_gpu(path):
         assert_close(a, b, torch.float32, "compiled", factor=10)
 
 
+@pytest.mark.autotune  # the warm-up call tunes, outside any capture
 @pytest.mark.parametrize("path", ["two_pass", "one_pass"])
 def test_compile_reduce_overhead_after_warmup(path):
     """mode="reduce-overhead" (CUDA graphs) after an eager warm-up call (which autotunes): replays
@@ -237,6 +240,8 @@ def test_conv_backward_is_deterministic():
         assert torch.equal(a, c)
 
 
+@pytest.mark.autotune
+@pytest.mark.serial  # times the GPU: alone on it
 def test_benchmark_harness_times_on_gpu():
     """The benchmark harness's device, wall and CUDA-graph times for an adapter training step."""
     from benchmarks import _harness as harness

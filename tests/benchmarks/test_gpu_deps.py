@@ -113,3 +113,32 @@ def test_bad_part_size_is_named(tmp_path):
     (tmp_path / "a").write_bytes(b"abc")
     with pytest.raises(ValueError, match="part_mib: expected a positive size in MiB, got 0"):
         gpu_deps.split(tmp_path / "a", tmp_path / "out", 0, [])
+
+
+def test_test_site_extracts_pure_wheels_importable_with_entry_points(tmp_path, monkeypatch):
+    """The carried pytest-xdist wheels, unzipped, import from PYTHONPATH with their pytest11 entry
+    point (how pytest finds the plugin); a platform wheel or an empty folder is refused by path."""
+    import importlib.metadata
+    import sys
+
+    src = tmp_path / "test-wheels"
+    src.mkdir()
+    with pytest.raises(ValueError, match=r"test-wheels: expected .whl files \(carry .gpu-deps/test-wheels\)"):
+        gpu_deps.extract_test_wheels(src, tmp_path / "site")
+    _wheel(src / "fakepkg-1.0-py3-none-any.whl", {"fakepkg/__init__.py": b"VALUE = 7\n",
+                                                   "fakepkg-1.0.dist-info/entry_points.txt":
+                                                   b"[pytest11]\nfakepkg = fakepkg\n"})
+    site = gpu_deps.extract_test_wheels(src, tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "fakepkg", raising=False)
+    assert __import__("fakepkg").VALUE == 7
+    eps = importlib.metadata.distribution("fakepkg").entry_points
+    assert [(e.group, e.value) for e in eps] == [("pytest11", "fakepkg")]
+    _wheel(src / "fakepkg-1.0-cp312-cp312-linux_x86_64.whl", {})
+    with pytest.raises(ValueError, match=r"fakepkg-1.0-cp312-cp312-linux_x86_64.whl: expected a pure-Python wheel"):
+        gpu_deps.extract_test_wheels(src, tmp_path / "site2")
+
+
+def test_test_requirements_are_pinned_pure_python():
+    assert all("==" in r for r in gpu_deps.TEST_REQUIREMENTS)
+    assert {r.split("==")[0] for r in gpu_deps.TEST_REQUIREMENTS} == {"pytest-xdist", "execnet"}

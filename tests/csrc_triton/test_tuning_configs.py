@@ -152,3 +152,25 @@ def test_launchers_refuse_partial_clips():
         dwconv.dwconv_tokens_fwd(h, w2d, None, torch.empty_like(h), T, H, W, P, P, (3, 1, 1), 0)
     with pytest.raises(ValueError, match="N = 7 frames"):
         onepass.onepass_bwd(c["dy"][:7], h, None, w2d, None, c["w2"], T, H, W, P, (3, 1, 1), 0)
+
+
+def test_gpu_tests_run_one_config_per_kernel_spread_by_test_id(monkeypatch):
+    """On a GPU every test but those marked ``autotune`` runs one config per kernel (tests/conftest.py):
+    a member of the kernel's space, the same for the same test id, and spread over the space by the ids."""
+    from csrc_triton.common import tuned_kernels
+    from tests.conftest import force_one_config, forced_config
+
+    kernels = tuned_kernels()
+    assert {k.name for k in kernels} == {"_dwconv_tokens_kernel", "_dwconv_tokens_bwd_kernel",
+                                         "_onepass_fwd_kernel", "_onepass_bwd_kernel"}
+    ids = [f"tests/test_gpu.py::test_adapter_paths_autocast_vs_fp64[case{i}]" for i in range(36)]
+    for k in kernels:
+        picks = [forced_config(i, k) for i in ids]
+        assert all(p in k.space for p in picks) and picks == [forced_config(i, k) for i in ids]
+        assert len({tuple(sorted(p.items())) for p in picks}) == len(k.space), k.name  # every config
+    with monkeypatch.context() as m:
+        force_one_config(ids[0], m)
+        for k in kernels:
+            assert k.forced == forced_config(ids[0], k) and k._pick({}, None) == k.forced
+            assert k._pick({}, {"BLOCK_M": 16}) == dict(k.defaults, BLOCK_M=16)  # an explicit config wins
+    assert all(k.forced is None for k in kernels)  # undone with the test

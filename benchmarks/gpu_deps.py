@@ -14,7 +14,7 @@ joins, verifies and unpacks them:
     export PYTHONPATH=/tmp/stadapter-gpu-site:$PYTHONPATH
 
 ``pack`` also downloads pytest-xdist into ``.gpu-deps/test-wheels`` (``test-wheels`` does only that);
-``benchmarks/run_gpu.sh``'s phase T extracts them (``test-site``) to run the GPU tests in parallel.
+``benchmarks/run_gpu.sh``'s phase T extracts them (``test-site``) where the image lacks pytest-xdist.
 
 ``benchmarks/run_gpu_train.sh`` runs ``gather`` and ``unpack`` for its phases. The unpack side uses
 only the standard library (``tarfile`` reads xz), since nothing can be installed on the GPU machine.
@@ -50,8 +50,9 @@ REQUIREMENTS = (
     "makefun==1.16.0",
     "libcst==1.9.0",
 )
-# pytest-xdist for the GPU tests (run_gpu.sh's phase T runs them over the machine's cores): pure Python,
-# ~90 KB, kept beside the parts as wheels, since phase T runs before the pack's parts are all in.
+# pytest-xdist for the GPU tests (run_gpu.sh's phase T runs them over the machine's cores), for an image
+# without it (the device's KINDS.md lists it as there): pure Python, ~90 KB, kept beside the parts as
+# wheels, since phase T runs before the pack's parts are all in.
 TEST_REQUIREMENTS = ("pytest-xdist==3.8.0", "execnet==2.1.2")
 TEST_WHEELS = "test-wheels"
 DEFAULT_TEST_SITE = Path("/tmp/stadapter-test-site")

@@ -30,11 +30,13 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --be
 
 if want T; then
 echo "== GPU tests"
-# Over the cores with pytest-xdist when it is here (the image lacks it: carry .gpu-deps/test-wheels,
-# made by `python -m benchmarks.gpu_deps test-wheels`); each test runs one config per kernel
-# (tests/conftest.py), so compiles, single-threaded, are most of the time. Tests marked serial (GPU
-# timing) run after, alone. Inductor compiles in-process: 8 workers with a pool each would crowd the cores.
-if [ -d .gpu-deps/test-wheels ] && $PY -m benchmarks.gpu_deps test-site >/dev/null; then
+# Over the cores with pytest-xdist (the image has it; if not, the wheels carried in .gpu-deps/test-wheels,
+# made by `python -m benchmarks.gpu_deps test-wheels`, are used, never beside the image's own); each
+# test runs one config per kernel (tests/conftest.py), so compiles, single-threaded, are most of the
+# time. Tests marked serial (GPU timing) run after, alone. Inductor compiles in-process: 8 workers
+# with a pool each would crowd the cores.
+if ! $PY -c "import xdist" 2>/dev/null && [ -d .gpu-deps/test-wheels ] \
+   && $PY -m benchmarks.gpu_deps test-site >/dev/null; then
   export PYTHONPATH="$PYTHONPATH:/tmp/stadapter-test-site"
 fi
 GPU_TESTS="tests/test_gpu.py tests/csrc_triton/test_tuning_configs.py tests/ops/test_fc2_residual.py tests/test_compile.py tests/test_mmaction2.py"

@@ -6,6 +6,8 @@ Run: ``pytest benchmarks/ --benchmark-only`` (add ``--benchmark-json=out.json`` 
 """
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Callable, Optional
 
 import pytest
@@ -31,6 +33,14 @@ _OPTS = {}
 
 def pytest_configure(config):
     _OPTS["compiled_baseline"] = not config.getoption("--no-compiled-baseline", default=False)
+    # A phase limit (`timeout` in benchmarks/run_gpu.sh) sends SIGTERM, which would end the process
+    # before pytest-benchmark writes its JSON. Ending the session as Ctrl-C does keeps the rows done.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_session)
+
+
+def _stop_session(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum} (a time limit): the rows done so far are saved")
 
 
 @pytest.fixture(scope="session")

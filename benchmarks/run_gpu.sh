@@ -2,24 +2,40 @@
 # One visit to the GPU machine: GPU tests, then the GPU benchmark in phases (each with its own time
 # limit and JSON, so a slow phase still leaves the others' results), then the table and chart.
 #   bash benchmarks/run_gpu.sh [OUT_DIR] [PHASES]   (OUT_DIR default: $OUT, else benchmarks/out;
-#                                                   PHASES default "T A F B C D")
-# Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). Phase limits: T 420 s
-# (the GPU tests: 360 in parallel, then 60 for the timing check alone), A 240, F 180 (first-step cost:
-# three processes of up to 60 s), B 120, C 120, D 60. On a machine with a 10-minute limit per command
-# run it as three calls: "T", then "A F", then "B C D" (on the device tool each call gets its own $OUT),
-# carrying .gpu-deps/test-wheels with the first (phase T). The Triton
-# autotuner's picks are logged (TRITON_PRINT_AUTOTUNING) in each phase's .log. Rows carry device time
-# (CUDA events, L2 flushed), eager wall time and CUDA-graph replay time (benchmarks/_harness.py).
+#                                                   PHASES default "T F A K B C D P")
+# Phases, most needed first within each call (limits in s; a limit sends SIGTERM, and a benchmark
+# phase then still writes the JSON of its rows done, benchmarks/conftest.py):
+#   T  GPU tests over 8 cores (240), then the timing check alone (60)
+#   F  first training step, three fresh processes (3 x 60)
+#   A  ViT-B/16 8f bf16, the release kernel: conv, adapter, mmaction2's adapter; eager providers (180)
+#   K  the same adapters under torch.compile: reference_compiled, fast_compiled, fast_torch_compiled (330)
+#   B  bf16 over the other shapes and kernels: reference, fast, fast_onepass (240)
+#   C  the ViT-B/16 model, 12x384 and 24x384, train step and inference (150)
+#   D  M-Adapter vs ST-Adapter memory and step time (60)
+#   P  the rest: the conv op under torch.compile, fp16 and fp32 over every shape (300)
+# On a machine with a 10-minute limit per command run them as calls "T F", "A K", "B C D" (and "P" if
+# time is left), carrying .gpu-deps/test-wheels with the first (on the device tool each call gets its
+# own $OUT). Uses the machine's python3 (torch + triton preinstalled; nothing is downloaded). The
+# Triton autotuner's picks are logged (TRITON_PRINT_AUTOTUNING) in each phase's .log. Rows carry device
+# time (CUDA events, L2 flushed), eager wall time and CUDA-graph replay time (benchmarks/_harness.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/out}}"
-PHASES="${2:-T A F B C D}"
+PHASES="${2:-T F A K B C D P}"
 mkdir -p "$OUT_DIR"
 export TRITON_PRINT_AUTOTUNING=1
 want() { [[ " $PHASES " == *" $1 "* ]]; }
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --benchmark-columns=median,iqr,rounds"
+# the ViT-B/16 8-frame bf16 adapters of the headline: the release's (k311) at levels 1-2, and mmaction2's
+HEADLINE="vitb16_8f and bfloat16 and ((k311 and (test_conv or test_adapter)) or test_adapter_mmaction2)"
+phase() {  # $1: name, $2: limit (s), then the benchmark's arguments; the JSON is phase_<name>.json
+  local name=$1 limit=$2; shift 2
+  timeout -k 20 "$limit" $BENCH "$@" --benchmark-json="$OUT_DIR/phase_$name.json" > "$OUT_DIR/phase_$name.log" 2>&1
+  echo "phase $name: exit $? ($(grep -c '"fullname"' "$OUT_DIR/phase_$name.json" 2>/dev/null || echo 0) rows)"
+  tail -n 5 "$OUT_DIR/phase_$name.log"
+}
 
 {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+uncommitted changes)')"
@@ -29,12 +45,13 @@ BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --be
 } | tee "$OUT_DIR/env.txt"
 
 if want T; then
-echo "== GPU tests"
+echo "== T: GPU tests"
 # Over the cores with pytest-xdist (the image has it; if not, the wheels carried in .gpu-deps/test-wheels,
 # made by `python -m benchmarks.gpu_deps test-wheels`, are used, never beside the image's own); each
 # test runs one config per kernel (tests/conftest.py), so compiles, single-threaded, are most of the
-# time. Tests marked serial (GPU timing) run after, alone. Inductor compiles in-process: 8 workers
-# with a pool each would crowd the cores.
+# time. -v: a line per test as it ends, so a run stopped at its limit still says what passed. Tests
+# marked serial (GPU timing) run after, alone. Inductor compiles in-process: 8 workers with a pool
+# each would crowd the cores.
 if ! $PY -c "import xdist" 2>/dev/null && [ -d .gpu-deps/test-wheels ] \
    && $PY -m benchmarks.gpu_deps test-site >/dev/null; then
   export PYTHONPATH="$PYTHONPATH:/tmp/stadapter-test-site"
@@ -43,7 +60,7 @@ GPU_TESTS="tests/test_gpu.py tests/csrc_triton/test_tuning_configs.py tests/ops/
 PARALLEL=""
 if $PY -c "import xdist" 2>/dev/null; then PARALLEL="-n 8 --dist worksteal"; fi
 echo "parallel: ${PARALLEL:-no (pytest-xdist missing)}" | tee "$OUT_DIR/gpu_tests.log"
-TORCHINDUCTOR_COMPILE_THREADS=1 timeout 360 $PY -m pytest $GPU_TESTS -m "not serial" $PARALLEL -q \
+TORCHINDUCTOR_COMPILE_THREADS=1 timeout 240 $PY -m pytest $GPU_TESTS -m "not serial" $PARALLEL -v \
   -p no:cacheprovider -rf --durations=10 >> "$OUT_DIR/gpu_tests.log" 2>&1
 echo "rc: $?" >> "$OUT_DIR/gpu_tests.log"
 timeout 60 $PY -m pytest $GPU_TESTS -m serial -q -p no:cacheprovider -rf >> "$OUT_DIR/gpu_tests.log" 2>&1
@@ -51,14 +68,8 @@ echo "rc (serial): $?" >> "$OUT_DIR/gpu_tests.log"
 tail -n 40 "$OUT_DIR/gpu_tests.log" | tee "$OUT_DIR/gpu_tests.txt"
 fi
 
-if want A; then
-echo "== Phase A: every provider, ViT-B/16 8 frames, bf16, levels 1-2: the release kernel, and mmaction2's adapter"
-timeout 240 $BENCH -k "vitb16_8f and bfloat16 and ((k311 and (test_conv or test_adapter)) or test_adapter_mmaction2)" \
-  --benchmark-json="$OUT_DIR/phase_a.json" \
-  > "$OUT_DIR/phase_a.log" 2>&1; tail -n 5 "$OUT_DIR/phase_a.log"
-fi
 if want F; then
-echo "== Phase F: first training step (Triton compiles + autotuning) vs later steps, ViT-B/16 12x384 bf16"
+echo "== F: first training step (Triton compiles + autotuning) vs later steps, ViT-B/16 12x384 bf16"
 # Each run a fresh process with Triton's on-disk autotuning cache on: "fast" times every key's configs
 # and writes them, "fast_cached" runs it again and reads them, "fast_onepass" is the one-pass path.
 # The three runs go into one list, first_step.json.
@@ -68,23 +79,30 @@ for run in fast fast_cached fast_onepass; do
   tail -n 8 "$OUT_DIR/first_step_$run.log"
 done
 fi
+
+if want A; then
+echo "== A: ViT-B/16 8 frames, bf16, the release kernel and mmaction2's adapter: eager providers"
+phase a 180 --no-compiled-baseline -k "$HEADLINE and not compiled"
+fi
+if want K; then
+echo "== K: the same adapters under torch.compile"
+phase k 330 -k "$HEADLINE and test_adapter and compiled"
+fi
 if want B; then
-echo "== Phase B: reference vs fast over shapes, kernels and dtypes (levels 1-2)"
-timeout 120 $BENCH --no-compiled-baseline -k "(test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last and not (vitb16_8f and k311 and bfloat16)" \
-  --benchmark-json="$OUT_DIR/phase_b.json" \
-  > "$OUT_DIR/phase_b.log" 2>&1; tail -n 5 "$OUT_DIR/phase_b.log"
+echo "== B: bf16, reference vs fast vs fast_onepass over the other shapes and kernels (levels 1-2)"
+phase b 240 --no-compiled-baseline -k "bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last and not (vitb16_8f and k311)"
 fi
 if want C; then
-echo "== Phase C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
-timeout 120 $BENCH --no-compiled-baseline -k "test_model and bfloat16 and not compiled" \
-  --benchmark-json="$OUT_DIR/phase_c.json" \
-  > "$OUT_DIR/phase_c.log" 2>&1; tail -n 5 "$OUT_DIR/phase_c.log"
+echo "== C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
+phase c 150 --no-compiled-baseline -k "test_model and bfloat16 and not compiled"
 fi
-
 if want D; then
-echo "== Phase D: M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time"
-timeout 60 $BENCH -k "test_madapter" --benchmark-json="$OUT_DIR/phase_d.json" \
-  > "$OUT_DIR/phase_d.log" 2>&1; tail -n 5 "$OUT_DIR/phase_d.log"
+echo "== D: M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time"
+phase d 60 -k "test_madapter"
+fi
+if want P; then
+echo "== P: the conv op under torch.compile; fp16 and fp32 over every shape"
+phase p 300 -k "($HEADLINE and test_conv and compiled) or (not bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last)"
 fi
 
 echo "== Report"

@@ -243,6 +243,20 @@ def config_space(columns: str, *rows: tuple) -> list[dict]:
     return [dict(zip(names, r)) for r in rows]
 
 
+#: How the autotuner times one config (``triton.testing.do_bench``): warm-up and repeat time, in ms.
+#: Triton's defaults (25, 100) cost ~0.15 s a config, ~1.2 s a key. The kernels here take 20-500 us a
+#: launch, so 25 ms of repeats still gives the median 50-1000 samples, at about a quarter of the cost
+#: (benchmarks/NOTES.md, 17).
+TUNE_WARMUP_MS, TUNE_REP_MS = 5, 25
+
+
+def tune_bench(kernel_call, quantiles):
+    """The autotuner's timing function (``triton.autotune(do_bench=...)``)."""
+    import triton.testing
+
+    return triton.testing.do_bench(kernel_call, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS, quantiles=quantiles)
+
+
 _TUNED_KERNELS: list = []
 
 
@@ -258,7 +272,8 @@ class TunedKernel:
     """A ``@triton.jit`` kernel with its launch configurations.
 
     On a GPU, launches go through ``triton.autotune`` over ``space`` (a small list of dicts of block
-    sizes and ``num_warps``), timed once per ``key`` (shape class + constexpr variant + dtypes).
+    sizes and ``num_warps``), timed (``tune_bench``) once per ``key`` (shape class + constexpr variant
+    + dtypes).
     Under the interpreter (which cannot time, and pays ~7 ms per program) there is one config,
     ``interp(**shape)``, with big tiles. ``config=`` (a dict) or the ``forced`` attribute forces one
     config, so tests can run every GPU config through the interpreter. Every instance is listed by
@@ -281,7 +296,7 @@ class TunedKernel:
             cfgs = [triton.Config({k: v for k, v in d.items() if not k.startswith("num_")},
                                   num_warps=d.get("num_warps", 4), num_stages=d.get("num_stages", 3))
                     for d in space]
-            self.tuned = triton.autotune(configs=cfgs, key=key)(kernel)
+            self.tuned = triton.autotune(configs=cfgs, key=key, do_bench=tune_bench)(kernel)
         _TUNED_KERNELS.append(self)
 
     def _pick(self, shape: dict, config: dict | None) -> dict | None:

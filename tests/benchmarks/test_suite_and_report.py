@@ -105,3 +105,26 @@ def test_model_fallback_without_timm_builds_and_runs():
     out = clf(torch.randn(2, 3, 4, 32, 32))
     out.sum().backward()
     assert out.shape == (2, 3) and clf.head.weight.grad is not None
+
+
+def test_a_phase_stopped_by_its_time_limit_keeps_the_rows_done(tmp_path):
+    """run_gpu.sh's phase limits send SIGTERM (`timeout`): the session ends as on Ctrl-C and
+    pytest-benchmark still writes the JSON of the rows finished before it."""
+    import signal
+
+    out = tmp_path / "phase.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_XDIST")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "benchmarks/test_bench_conv.py", "--benchmark-only", "-q",
+                             "-p", "no:cacheprovider", "-p", "no:xdist", f"--benchmark-json={out}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while seen.count(".") < 2:  # two rows done (the progress line)
+        ch = proc.stdout.read(1)
+        assert ch, seen[-3000:]
+        seen += ch
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[0]
+    rows = json.loads(out.read_text())["benchmarks"]
+    assert proc.returncode == 2, (seen + rest)[-3000:]  # pytest's "interrupted"
+    assert 2 <= len(rows) < 16 and all(r["extra_info"]["median_ms"] > 0 for r in rows)

@@ -174,3 +174,25 @@ def test_gpu_tests_run_one_config_per_kernel_spread_by_test_id(monkeypatch):
             assert k.forced == forced_config(ids[0], k) and k._pick({}, None) == k.forced
             assert k._pick({}, {"BLOCK_M": 16}) == dict(k.defaults, BLOCK_M=16)  # an explicit config wins
     assert all(k.forced is None for k in kernels)  # undone with the test
+
+
+def test_autotuner_times_each_config_with_the_short_bench(monkeypatch):
+    """On a GPU the tuner times configs with ``tune_bench`` (5 ms warm-up, 25 ms of repeats, not Triton's
+    25/100): built here as on a GPU, the Autotuner holds it, and it passes the times and quantiles on."""
+    import triton
+    import triton.testing
+
+    import csrc_triton.common as common
+    import csrc_triton.dwconv_tokens as dwconv
+
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(common, "_TUNED_KERNELS", [])
+    tk = common.TunedKernel(dwconv._dwconv_tokens_kernel, [{"BLOCK_M": 64, "BLOCK_C": 32}, {"BLOCK_M": 32, "BLOCK_C": 64}],
+                            ["M", "C"], dwconv._conv_interp)
+    assert isinstance(tk.tuned, triton.runtime.Autotuner) and tk.tuned.do_bench is common.tune_bench
+    assert common.tuned_kernels()[-1] is tk
+    calls = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: calls.append((fn, kw)) or [1.0, 0.9, 1.1])
+    fn = object()
+    assert common.tune_bench(fn, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
+    assert calls == [(fn, dict(warmup=5, rep=25, quantiles=(0.5, 0.2, 0.8)))]

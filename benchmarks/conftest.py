@@ -33,14 +33,57 @@ _OPTS = {}
 
 def pytest_configure(config):
     _OPTS["compiled_baseline"] = not config.getoption("--no-compiled-baseline", default=False)
-    # A phase limit (`timeout` in benchmarks/run_gpu.sh) sends SIGTERM, which would end the process
-    # before pytest-benchmark writes its JSON. Ending the session as Ctrl-C does keeps the rows done.
+    # A phase limit (`timeout -k 20` in benchmarks/run_gpu.sh) sends SIGTERM, which would end the
+    # process before pytest-benchmark writes its JSON: stop the session instead (_stop_session).
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_session)
 
 
+#: seconds the row under way may take to finish after a SIGTERM, before the session is interrupted
+STOP_GRACE_S = 10
+_STATE: dict = {}
+
+
+def pytest_sessionstart(session):
+    _STATE["session"] = session
+
+
 def _stop_session(signum, frame):
+    """SIGTERM: the session stops after the row under way (pytest's ``shouldstop``), so every row done
+    is saved. A second SIGTERM, or ``STOP_GRACE_S`` without the row ending, interrupts it as Ctrl-C
+    does, in time for the JSON to be written before `timeout` kills."""
+    session = _STATE.get("session")
+    if session is None or session.shouldstop:
+        _interrupt(signum, frame)
+    session.shouldstop = f"signal {signum} (a time limit): stopped after the row under way"
+    signal.signal(signal.SIGALRM, _interrupt)
+    signal.alarm(STOP_GRACE_S)
+
+
+def _interrupt(signum, frame):
+    # once: a later signal must not break into the JSON's writing (`timeout` kills 20 s after its SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum} (a time limit): the rows done so far are saved")
+
+
+_PASSED: set = set()
+
+
+@pytest.hookimpl(tryfirst=True)  # before the terminal's progress mark: a row marked done is recorded
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        _PASSED.add(report.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session):
+    """Only the rows of tests that passed go into the JSON. A session stopped mid-row leaves that row
+    without rounds (pytest-benchmark then fails to write the JSON at all) or without its metrics."""
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is not None:
+        bs.benchmarks[:] = [b for b in bs.benchmarks if b.fullname in _PASSED]
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -168,12 +168,13 @@ def test_gpu_tests_run_one_config_per_kernel_spread_by_test_id(monkeypatch):
         picks = [forced_config(i, k) for i in ids]
         assert all(p in k.space for p in picks) and picks == [forced_config(i, k) for i in ids]
         assert len({tuple(sorted(p.items())) for p in picks}) == len(k.space), k.name  # every config
+    before = [k.forced for k in kernels]  # None, or on a GPU this test's own forced configs
     with monkeypatch.context() as m:
         force_one_config(ids[0], m)
         for k in kernels:
             assert k.forced == forced_config(ids[0], k) and k._pick({}, None) == k.forced
             assert k._pick({}, {"BLOCK_M": 16}) == dict(k.defaults, BLOCK_M=16)  # an explicit config wins
-    assert all(k.forced is None for k in kernels)  # undone with the test
+    assert [k.forced for k in kernels] == before  # undone with the monkeypatch
 
 
 def test_autotuner_times_each_config_with_the_short_bench(monkeypatch):

@@ -27,9 +27,11 @@ from benchmarks._model import build_model_step
 CONFIGS = {"12x384": ("12x384", 1), "24x384": ("24x384", 2)}
 
 
-def _cache_files(pattern: str = "*") -> int:
+def _cache_files() -> tuple[int, int]:
+    """(files, autotuning timings files) in Triton's on-disk cache, in one walk of it."""
     root = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
-    return sum(1 for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else 0
+    files = [p.name for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+    return len(files), sum(name.endswith(".autotune.json") for name in files)
 
 
 def _autotune_disk_cache() -> bool:
@@ -60,7 +62,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--label", default=None, help="the run's name in the output (default: the provider)")
     ap.add_argument("--out", type=Path, default=None, help="a JSON list of runs: this run is appended")
     args = ap.parse_args(argv)
-    cache_before, tuned_before = _cache_files(), _cache_files("*.autotune.json")
+    cache_before, tuned_before = _cache_files()
     step, _ = build_model_step(CONFIGS[args.config], getattr(torch, args.dtype), "train_step", args.provider,
                                "default")
     sync()
@@ -70,7 +72,8 @@ def main(argv=None) -> dict:
         step(i)
         sync()
         seconds.append(time.perf_counter() - t)
-    result = {"run": args.label or args.provider, "provider": args.provider, "config": args.config, "dtype": args.dtype, "device": device(),
+    result = {"run": args.label or args.provider, "provider": args.provider, "config": args.config,
+              "dtype": args.dtype, "device": device(),
               "device_name": torch.cuda.get_device_name() if device() == "cuda" else "cpu",
               "step_s": seconds, "first_minus_steady_s": seconds[0] - min(seconds[1:] or seconds),
               "triton_cache_files_before": cache_before, "autotune_disk_cache": _autotune_disk_cache(),

@@ -30,8 +30,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 BENCH="$PY -m pytest benchmarks/ --benchmark-only -q -s -p no:cacheprovider --benchmark-columns=median,iqr,rounds"
 # the ViT-B/16 8-frame bf16 adapters of the headline: the release's (k311) at levels 1-2, and mmaction2's
 HEADLINE="vitb16_8f and bfloat16 and ((k311 and (test_conv or test_adapter)) or test_adapter_mmaction2)"
-phase() {  # $1: name, $2: limit (s), then the benchmark's arguments; the JSON is phase_<name>.json
-  local name=$1 limit=$2; shift 2
+# phase LETTER LIMIT_S TITLE ARGS...: a benchmark phase, if asked for; its JSON is phase_<letter>.json
+phase() {
+  want "$1" || return 0
+  local name=${1,,} limit=$2; echo "== $1: $3"; shift 3
   timeout -k 20 "$limit" $BENCH "$@" --benchmark-json="$OUT_DIR/phase_$name.json" > "$OUT_DIR/phase_$name.log" 2>&1
   local rc=$? rows
   rows=$(grep -c '"fullname"' "$OUT_DIR/phase_$name.json" 2>/dev/null)
@@ -84,30 +86,17 @@ for run in fast fast_cached fast_onepass; do
 done
 fi
 
-if want A; then
-echo "== A: ViT-B/16 8 frames, bf16, the release kernel and mmaction2's adapter: eager providers"
-phase a 180 --no-compiled-baseline -k "$HEADLINE and not compiled"
-fi
-if want K; then
-echo "== K: the same adapters under torch.compile"
-phase k 330 -k "$HEADLINE and test_adapter and compiled"
-fi
-if want B; then
-echo "== B: bf16, reference vs fast vs fast_onepass over the other shapes and kernels (levels 1-2)"
-phase b 240 --no-compiled-baseline -k "bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last and not (vitb16_8f and k311)"
-fi
-if want C; then
-echo "== C: ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)"
-phase c 150 --no-compiled-baseline -k "test_model and bfloat16 and not compiled"
-fi
-if want D; then
-echo "== D: M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time"
-phase d 60 -k "test_madapter"
-fi
-if want P; then
-echo "== P: the conv op under torch.compile; fp16 and fp32 over every shape"
-phase p 300 -k "($HEADLINE and test_conv and compiled) or (not bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last)"
-fi
+phase A 180 "ViT-B/16 8 frames, bf16, the release kernel and mmaction2's adapter: eager providers" \
+  --no-compiled-baseline -k "$HEADLINE and not compiled"
+phase K 330 "the same adapters under torch.compile" -k "$HEADLINE and test_adapter and compiled"
+phase B 240 "bf16, reference vs fast vs fast_onepass over the other shapes and kernels (levels 1-2)" \
+  --no-compiled-baseline \
+  -k "bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last and not (vitb16_8f and k311)"
+phase C 150 "ViT-B/16 model, 12x384 and 24x384, bf16: train step and inference (level 3)" \
+  --no-compiled-baseline -k "test_model and bfloat16 and not compiled"
+phase D 60 "M-Adapter vs ST-Adapter 12x384, ViT-B/16 8 frames: peak memory and step time" -k "test_madapter"
+phase P 300 "the conv op under torch.compile; fp16 and fp32 over every shape" \
+  -k "($HEADLINE and test_conv and compiled) or (not bfloat16 and (test_conv or test_adapter) and not mmaction2 and not compiled and not channels_last)"
 
 echo "== Report"
 jsons=$(ls "$OUT_DIR"/phase_*.json 2>/dev/null)

@@ -466,6 +466,8 @@ def init_process(args) -> tuple[int, int, int, torch.device]:
     rank, world, local_rank = _dist()
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
+        if device.index is None:  # "--device cuda": this process's GPU (torch.cuda.set_device needs an index)
+            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return rank, world, local_rank, device
 

@@ -250,6 +250,29 @@ def test_ddp_shards_have_equal_training_lengths(data):
     assert sorted(i for l in val for i in l._indices()) == list(range(15))  # testing sees every clip once
 
 
+@pytest.mark.parametrize("flag,local_rank,expected", [("cuda", "0", "cuda:0"), ("cuda", "3", "cuda:3"),
+                                                       ("cuda:1", "3", "cuda:1"), (None, "2", "cuda:2")])
+def test_cuda_device_gets_an_index(monkeypatch, flag, local_rank, expected):
+    """``--device cuda`` becomes this process's GPU: torch.cuda.set_device refuses an index-less device
+    (ValueError 'Expected a torch.device with a specified index'), which would stop every GPU run at start."""
+    from stadapter_fast import train
+    from stadapter_fast.train import build_parser
+
+    seen = []
+
+    def set_device(d):
+        if torch.device(d).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{d}")
+        seen.append(str(d))
+
+    monkeypatch.setattr(train, "_dist", lambda: (0, 1, int(local_rank)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    a = build_parser().parse_args([] if flag is None else ["--device", flag])
+    device = train.init_process(a)[3]
+    assert str(device) == expected and seen == [expected]
+
+
 def test_grad_accum_steps_on_leftover_micro_batches(data, tmp_path):
     # 2 batches per epoch, accumulation 4: one (partial) step per epoch instead of none
     s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "2", "--grad-accum", "4"))

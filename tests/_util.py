@@ -64,3 +64,15 @@ def tiny_open_clip():
 def backends():
     """Backends testable here: torch always; triton on GPU or through the interpreter."""
     return ["torch", "triton"] if TRITON_OK else ["torch"]
+
+
+def mixed_drop_seed(draw, start: int = 0, tries: int = 200) -> int:
+    """The first seed from ``start`` after which ``draw()`` (drop-path draws from the default generator,
+    as a list of per-clip factors) keeps some clips and drops others in every factor. Draws depend on the
+    device and dtype (CUDA's Bernoulli draws fp64 from other random numbers than fp32), so a fixed seed
+    that mixes on CPU may keep every clip on a GPU."""
+    for seed in range(start, start + tries):
+        torch.manual_seed(seed)
+        if all(0 < int((d != 0).sum()) < d.numel() for d in draw()):
+            return seed
+    raise AssertionError(f"no seed in [{start}, {start + tries}) gives mixed drop masks")

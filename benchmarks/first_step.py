@@ -9,12 +9,16 @@ on and how many such files the cache held before.
 
     python -m benchmarks.first_step [--provider fast] [--config 12x384] [--dtype bfloat16] [--label L]
                                     [--out F.json]   (F.json: a list of runs; each run appends to it)
+
+A SIGTERM (a time limit) ends the run early: it still reports and appends, with the steps done and
+``stopped`` saying in which step (or the set-up) it stopped and how far into it, a lower bound.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +57,15 @@ def _tuned_keys() -> dict:
     return {k.name: len(k.tuned.cache) for k in tuned_kernels() if k.tuned is not None}
 
 
+class _Stopped(BaseException):
+    """SIGTERM arrived: the run reports what it measured before (a BaseException, as KeyboardInterrupt
+    is, so no ``except Exception`` on the way swallows it)."""
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", default="fast", choices=["fast", "fast_onepass", "reference"])
@@ -63,19 +76,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="a JSON list of runs: this run is appended")
     args = ap.parse_args(argv)
     cache_before, tuned_before = _cache_files()
-    step, _ = build_model_step(CONFIGS[args.config], getattr(torch, args.dtype), "train_step", args.provider,
-                               "default")
-    sync()
-    seconds = []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        step(i)
+    seconds, stopped, where, t = [], None, "set-up", time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        step, _ = build_model_step(CONFIGS[args.config], getattr(torch, args.dtype), "train_step", args.provider,
+                                   "default")
         sync()
-        seconds.append(time.perf_counter() - t)
+        for i in range(args.steps):
+            where, t = f"step {i + 1}", time.perf_counter()
+            step(i)
+            sync()
+            seconds.append(time.perf_counter() - t)
+    except _Stopped:  # a time limit (run_gpu.sh's `timeout`): what was measured, and where it stopped
+        stopped = f"SIGTERM in {where}, {time.perf_counter() - t:.1f} s into it"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     result = {"run": args.label or args.provider, "provider": args.provider, "config": args.config,
               "dtype": args.dtype, "device": device(),
               "device_name": torch.cuda.get_device_name() if device() == "cuda" else "cpu",
-              "step_s": seconds, "first_minus_steady_s": seconds[0] - min(seconds[1:] or seconds),
+              "step_s": seconds, "stopped": stopped,
+              "first_minus_steady_s": seconds[0] - min(seconds[1:]) if len(seconds) > 1 else None,
               "triton_cache_files_before": cache_before, "autotune_disk_cache": _autotune_disk_cache(),
               "autotune_files_before": tuned_before, "autotuned_keys": _tuned_keys(), **versions()}
     print(json.dumps(result, indent=1))

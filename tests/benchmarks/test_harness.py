@@ -49,3 +49,30 @@ def test_first_step_script_reports_each_step(tmp_path, monkeypatch):
     assert len(res["step_s"]) == 2 and all(s > 0 for s in res["step_s"])
     assert res["first_minus_steady_s"] == res["step_s"][0] - res["step_s"][1]
     assert res["provider"] == "fast" and res["torch"] and res["autotuned_keys"] == {}  # nothing tunes on CPU
+    assert res["stopped"] is None
+
+
+def test_first_step_stopped_by_a_time_limit_still_reports(tmp_path, monkeypatch):
+    """run_gpu.sh runs each first-step process under `timeout`: a SIGTERM in a step ends the run, which
+    still appends what it measured and says where it stopped (a lower bound for that step)."""
+    import os
+    import signal
+
+    from benchmarks import first_step
+
+    def build(*args):
+        def step(i):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler interrupts this
+        return step, None
+
+    monkeypatch.setattr(first_step, "build_model_step", build)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "first.json"
+    t = time.perf_counter()
+    res = first_step.main(["--steps", "3", "--out", str(out)])
+    assert time.perf_counter() - t < 4
+    assert len(res["step_s"]) == 1 and res["first_minus_steady_s"] is None
+    assert res["stopped"].startswith("SIGTERM in step 2, ") and json.loads(out.read_text()) == [res]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

@@ -154,6 +154,15 @@ def measure(fn: Callable[[int], object], warmup: int, rounds: int, graph: bool =
     return Timing(dev_s, wall_s, None if graph_s is None else statistics.median(graph_s), err, method)
 
 
+def strict_dynamo(recompile_limit: int = 64) -> None:
+    """Compiled rows share code objects (``FastSTAdapter.forward``, the references' forwards) across
+    rows, each row adding guard sets (dtype, grad mode, backend, shape). Past dynamo's recompile limit
+    (8 by default) torch would run that code eagerly with only a warning, and a ``*_compiled`` row
+    would time eager code. Raise the limit, and fail a row that still hits it."""
+    torch._dynamo.config.recompile_limit = recompile_limit
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
 def peak_memory_bytes(fn: Callable[[], object]) -> Optional[int]:
     """Extra device memory at the peak of one call of ``fn`` (beyond what was allocated before)."""
     if device() != "cuda":

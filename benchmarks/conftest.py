@@ -33,6 +33,7 @@ _OPTS = {}
 
 def pytest_configure(config):
     _OPTS["compiled_baseline"] = not config.getoption("--no-compiled-baseline", default=False)
+    harness.strict_dynamo()
     # A phase limit (`timeout -k 20` in benchmarks/run_gpu.sh) sends SIGTERM, which would end the
     # process before pytest-benchmark writes its JSON: stop the session instead (_stop_session).
     if threading.current_thread() is threading.main_thread():

@@ -76,3 +76,20 @@ def test_first_step_stopped_by_a_time_limit_still_reports(tmp_path, monkeypatch)
     assert len(res["step_s"]) == 1 and res["first_minus_steady_s"] is None
     assert res["stopped"].startswith("SIGTERM in step 2, ") and json.loads(out.read_text()) == [res]
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_a_compiled_row_past_the_recompile_limit_fails_rather_than_runs_eagerly():
+    """Without strict_dynamo, dynamo runs a function past its recompile limit eagerly with a warning only:
+    a *_compiled row would time eager code."""
+    import torch
+
+    config = torch._dynamo.config
+    with config.patch(recompile_limit=config.recompile_limit, fail_on_recompile_limit_hit=False):  # put back after
+        harness.strict_dynamo()
+        assert config.recompile_limit == 64
+        harness.strict_dynamo(recompile_limit=1)
+        assert config.recompile_limit == 1 and config.fail_on_recompile_limit_hit
+        f = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+        f(torch.ones(2))
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            f(torch.ones(2, dtype=torch.float64))  # a second guard set: one past the limit

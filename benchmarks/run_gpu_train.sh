@@ -67,7 +67,7 @@ if want U; then
   $PY -c "import av, nvidia.dali as d; print('av', av.__version__, '| dali', d.__version__, 'from', d.__file__)" \
     | tee -a "$OUT_DIR/env_train.txt" || exit 1
   echo "== DALI's NVDEC route"
-  $PY -m benchmarks.train_gpu --probe-dali /tmp/stadapter-dali-probe 2>&1 | tee "$OUT_DIR/dali_probe.txt"
+  timeout -k 10 120 $PY -m benchmarks.train_gpu --probe-dali /tmp/stadapter-dali-probe 2>&1 | tee "$OUT_DIR/dali_probe.txt"
   cp /tmp/stadapter-dali-probe/route.txt "$ROUTE" || echo cpu > "$ROUTE"
   echo "== the GPU routes' clips vs the CPU pipeline's (tests/data/test_data.py)"
   timeout 120 $PY -m pytest -q -p no:cacheprovider -rs tests/data/test_data.py -k gpu_routes 2>&1 \

@@ -345,7 +345,9 @@ def probe_dali(tmp: Path) -> str:
     from stadapter_fast.data.synthetic import make_synthetic
     from stadapter_fast.train import build_parser
 
-    data = make_synthetic(tmp, n_train=4, n_val=0, frames=16, size=64, seed=0)
+    # 160 px: NVDEC refuses frames under its minimum size (128x128 for VP9, by NVIDIA's decoder guide),
+    # and a probe of smaller videos would report "cpu" on a machine whose NVDEC works
+    data = make_synthetic(tmp, n_train=4, n_val=0, frames=16, size=160, seed=0)
     items = read_video_list(data / "train.txt")
     a = build_parser().parse_args(["--frames", "8", "--image-size", "56", "--batch-size", "4", "--dali-decoder", "gpu"])
     try:

@@ -165,18 +165,29 @@ def _frames_with_identity(n, h, w, rng):
     return np.repeat(np.stack([np.clip(30 + 7 * t + tex, 0, 255) for t in range(n)]).astype(np.uint8)[..., None], 3, -1)
 
 
-@pytest.fixture(scope="module")
-def clip_videos(tmp_path_factory):
+def _write_clip_videos(root, scale=1):
+    """CLIP_VIDEOS in VP9 and H.264 ({codec: [VideoItem]}), their sides times ``scale``."""
     from stadapter_fast.data.lists import VideoItem
 
-    root = tmp_path_factory.mktemp("views")
     out = {}
     for codec, ext in (("vp9", "webm"), ("h264", "mp4")):
         out[codec] = []
         for k, (n, h, w) in enumerate(CLIP_VIDEOS):
-            frames = _frames_with_identity(n, h, w, np.random.default_rng(k))
+            frames = _frames_with_identity(n, h * scale, w * scale, np.random.default_rng(k))
             out[codec].append(VideoItem(str(write_video(root / f"v{k}.{ext}", frames, codec)), k % 3))
     return out
+
+
+@pytest.fixture(scope="module")
+def clip_videos(tmp_path_factory):
+    return _write_clip_videos(tmp_path_factory.mktemp("views"))
+
+
+@pytest.fixture(scope="module")
+def nvdec_clip_videos(tmp_path_factory):
+    """CLIP_VIDEOS 4x as wide and high (192 px and more): NVDEC refuses frames under its minimum size
+    (128x128 for VP9, 144x144 for HEVC, by NVIDIA's decoder guide), and DALI's GPU decoder then fails."""
+    return _write_clip_videos(tmp_path_factory.mktemp("views_nvdec"), scale=4)
 
 
 def _which_frames(clip, video, view, size, cache):
@@ -238,7 +249,7 @@ def test_dali_decoder_flag_picks_the_route(clip_videos, monkeypatch, choice, nvd
 @pytest.mark.parametrize("train", [True, False], ids=["train", "test-2x3"])
 @pytest.mark.parametrize("route", ["gpu", "cpu"])
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
-def test_dali_gpu_routes_equal_the_cpu_pipeline(clip_videos, codec, route, train):
+def test_dali_gpu_routes_equal_the_cpu_pipeline(nvdec_clip_videos, codec, route, train):
     """On a GPU, NVDEC (route gpu) and CPU decoding with GPU augmentation (route cpu) give the clips of
     the CPU pipeline, which test_dali_clips_equal_pyav_clips ties to the PyAV loader: same labels, same
     order, pixels within the CPU test's bound, on the GPU."""
@@ -248,9 +259,10 @@ def test_dali_gpu_routes_equal_the_cpu_pipeline(clip_videos, codec, route, train
 
     if route == "gpu" and not nvdec_available():
         pytest.skip("no NVDEC here (libnvcuvid.so.1 does not load)")
-    flags = ["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2", "--seed", "3"]
+    # the videos and the crop 4x the CPU tests' (40 px): the same resize ratios
+    flags = ["--frames", "4", "--stride", "3", "--image-size", "160", "--batch-size", "2", "--seed", "3"]
     flags += [] if train else ["--test-temporal-views", "2", "--test-spatial-views", "3"]
-    items = clip_videos[codec]
+    items = nvdec_clip_videos[codec]
     on_gpu = DALILoader(items, build_parser().parse_args([*flags, "--dali-decoder", route]), train,
                         torch.device("cuda", 0), 0, 1)
     on_cpu = DALILoader(items, build_parser().parse_args(flags), train, torch.device("cpu"), 0, 1)

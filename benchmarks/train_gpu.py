@@ -199,9 +199,19 @@ class GpuSampler:
                 pynvml.nvmlInit()
                 handle = pynvml.nvmlDeviceGetHandleByIndex(0)  # the one GPU of the machine (torch's cuda:0)
 
+                def decoder():
+                    return pynvml.nvmlDeviceGetDecoderUtilization(handle)[0]
+
+                try:  # a device may not report NVDEC's load (MIG, say): keep the other figures
+                    decoder()
+                except pynvml.NVMLError as e:
+                    self.error = f"NVML decoder utilisation: {e}"
+
+                    def decoder():
+                        return None
+
                 def nvml_read():
-                    return (pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
-                            pynvml.nvmlDeviceGetDecoderUtilization(handle)[0],
+                    return (pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, decoder(),
                             pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2 ** 20)
 
                 nvml_read()
@@ -234,7 +244,8 @@ class GpuSampler:
         if not rows:
             return {"gpu_util_pct": None, "nvdec_util_pct": None, "nvml_peak_used_mb": None, "samples": 0}
         gpu, dec, used = zip(*rows)
-        return {"gpu_util_pct": statistics.fmean(gpu), "nvdec_util_pct": statistics.fmean(dec),
+        dec = [d for d in dec if d is not None]
+        return {"gpu_util_pct": statistics.fmean(gpu), "nvdec_util_pct": statistics.fmean(dec) if dec else None,
                 "nvml_peak_used_mb": max(used), "samples": len(rows)}
 
 

@@ -82,6 +82,8 @@ def test_sampler_window_and_errors():
     s.samples = [(1.0, 10, 0, 100.0), (2.0, 50, 20, 300.0), (3.0, 70, 40, 200.0), (4.0, 99, 99, 999.0)]
     assert s.window(2.0, 3.0) == {"gpu_util_pct": 60, "nvdec_util_pct": 30, "nvml_peak_used_mb": 300.0, "samples": 2}
     assert s.window(None, 3.0)["gpu_util_pct"] is None and s.window(5.0, 6.0)["samples"] == 0
+    s.samples = [(1.0, 10, None, 100.0), (2.0, 50, None, 300.0)]  # a device that does not report NVDEC's load
+    assert s.window(1.0, 2.0) == {"gpu_util_pct": 30, "nvdec_util_pct": None, "nvml_peak_used_mb": 300.0, "samples": 2}
     calls = []
 
     def read():

@@ -379,7 +379,7 @@ def table(rows: list, loaders: list) -> str:
     base = next((r.get("clips_per_s") for r in rows if r["config"] == 1), None)
     lines = ["| config | loader | batch | clips/s | vs (1) | whole-epoch clips/s | epoch-1 clips/s | peak torch memory "
              "(MiB) | peak device memory (MiB) | GPU util (%) | NVDEC util (%) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["config"]):  # by config, whichever call ran each
         if "error" in r:
             lines.append(f"| ({r['config']}) {r['what']} | failed (exit {r['exit']}) | {r['batch_size']} | | | | | | | | |")
             continue

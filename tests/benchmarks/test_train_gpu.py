@@ -234,3 +234,10 @@ def test_batch_size_argument():
 def test_bad_arguments_are_named(tmp_path, argv, match):
     with pytest.raises(ValueError, match=match):
         train_gpu.main(["--data", str(tmp_path), "--out", str(tmp_path), *argv])
+
+
+def test_table_lists_rows_by_config():
+    """run_gpu_train.sh runs configs 1 and 3 in one call and 2, 4, 5 in the next: the table is by config."""
+    rows = [{"config": c, "what": f"setup {c}", "exit": 1, "batch_size": 8, "error": "x"} for c in (1, 3, 2)]
+    lines = [line for line in train_gpu.table(rows, []).splitlines() if line.startswith("| (")]
+    assert [line[:4] for line in lines] == ["| (1", "| (2", "| (3"]

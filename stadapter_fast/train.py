@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "VP8/VP9/MJPEG, PyAV for the rest; augmentation still on the GPU), auto: gpu if the "
                         "driver's libnvcuvid loads")
     d.add_argument("--workers", type=_NON_NEGATIVE, default=0,
-                   help="DataLoader workers / DALI threads (0: main process / 1 thread)")
+                   help="DataLoader workers / DALI threads, and the processes that decode with PyAV when "
+                        "DALI's decoder cannot (0: main process / 1 thread)")
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
                    help="skip (count and report at epoch end) or fail on the first unreadable/short video")
     c = ap.add_argument_group("clips: sampling and augmentation")

@@ -77,19 +77,23 @@ def data_vp9(tmp_path_factory):
                           codecs=("vp9",))
 
 
-@pytest.mark.parametrize("loader", ["pyav", "dali"])
+@pytest.mark.parametrize("loader", ["pyav", "dali", "dali-pyav-workers"])
 def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
     """Epoch 2 of a run resumed from last.pt sees the clips and augmentations of an uninterrupted run's
     epoch 2 (the loaders' randomness is a function of (seed, epoch, index); last.pt records both), so
-    the weights end bit-identical."""
-    if loader == "dali":
+    the weights end bit-identical. DALI: VP9 through its decoder, and the mixed set through PyAV in
+    two worker processes."""
+    flags, data, kind = {"pyav": (["--loader", "pyav"], data, "pyav"),
+                         "dali": (["--loader", "dali"], data_vp9, "dali-cpu-decoder"),
+                         "dali-pyav-workers": (["--loader", "dali", "--workers", "2"], data, "dali-cpu-pyav-source"),
+                         }[loader]
+    if loader != "pyav":
         pytest.importorskip("nvidia.dali")
-        data = data_vp9
-    common = ["--loader", loader, "--dropout", "0.5"]
+    common = [*flags, "--dropout", "0.5"]
     main(args(data, tmp_path / "straight", *common, "--epochs", "2", "--seed", "3"))
     main(args(data, tmp_path / "resumed", *common, "--epochs", "1", "--seed", "3"))
     s = main(args(data, tmp_path / "resumed", *common, "--epochs", "2", "--seed", "3", "--resume"))
-    assert s["loader"] == {"pyav": "pyav", "dali": "dali-cpu-decoder"}[loader]
+    assert s["loader"] == kind
     # tensors and plain types only: loads without unpickling arbitrary objects
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)

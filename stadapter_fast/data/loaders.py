@@ -16,8 +16,9 @@ CLIP-normalises:
   * GPU with NVDEC (the driver's ``libnvcuvid`` loads): ``fn.decoders.video(device="mixed")`` (H.264,
     HEVC, VP8/9, AV1, ...) on the file's bytes.
   * Otherwise DALI's CPU decoder, which handles VP8/VP9/MJPEG only: when every file is one of those
-    ``fn.decoders.video(device="cpu")`` decodes, else PyAV decodes in the source callback. On a GPU
-    without NVDEC the decoded frames then go to the GPU for the resize, crop and normalisation.
+    ``fn.decoders.video(device="cpu")`` decodes, else PyAV decodes, in ``--workers`` DataLoader worker
+    processes that the source callback reads in order (0: in the callback itself). On a GPU without
+    NVDEC the decoded frames then go to the GPU for the resize, crop and normalisation.
 :func:`dali_decode_plan` makes that choice (``--dali-decoder auto|gpu|cpu`` can force it); the loader's
 ``kind`` names it.
 """
@@ -162,7 +163,8 @@ class PyAVLoader:
 class DALILoader:
     """A DALI pipeline + ``DALIGenericIterator`` per epoch over a list of videos (one clip, or in
     testing all views, per video). The pipeline is rebuilt for each epoch (~20 ms on CPU): its source
-    callback then serves exactly that epoch, and no read-ahead crosses an epoch boundary."""
+    callback then serves exactly that epoch, and no read-ahead crosses an epoch boundary. So are PyAV
+    mode's decoding workers (``--workers``; forked, like a DataLoader's, before the pipeline starts)."""
 
     def __init__(self, items, args, train: bool, device: torch.device, rank: int, world: int):
         self.cfg = ClipSampling.from_args(args)
@@ -180,6 +182,7 @@ class DALILoader:
         self.mode, self.decode_device, self.kind = dali_decode_plan(self.gpu, nvdec, codecs)
         self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
         self.batch_size, self.threads = args.batch_size, max(1, args.workers)
+        self.decode_workers = args.workers  # PyAV mode's decoding processes (0: the source callback)
         self.device_id = None
         if self.gpu:
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
@@ -232,15 +235,33 @@ class DALILoader:
         return (*data, np.array(nh, dtype=np.float32), np.array(nw, dtype=np.float32),
                 np.array(int(flip), dtype=np.int32), *starts, np.array([label], dtype=np.int32))
 
-    def _pipeline(self, plan: list, epoch: int):
+    def _decoded(self, plan: list, epoch: int):
+        """PyAV mode with workers: the epoch's samples in plan order as ``(position, sample)``, decoded
+        ahead in ``decode_workers`` DataLoader processes (started here, before the pipeline's threads;
+        they exit when the iterator is dropped). None: the source callback makes each sample itself."""
+        if self.mode != "pyav" or self.decode_workers < 1:
+            return None
+        return iter(torch.utils.data.DataLoader(_EpochSamples(self, plan, epoch), batch_size=None,
+                                                num_workers=self.decode_workers))
+
+    def _pipeline(self, plan: list, epoch: int, decoded: list):
+        """The epoch's pipeline; ``decoded`` holds the iterator of :meth:`_decoded` (or None)."""
         from nvidia.dali import fn, pipeline_def, types
 
         size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
 
         def source(info):
-            if info.idx_in_epoch >= len(plan):
+            k = info.idx_in_epoch
+            if k >= len(plan):
                 raise StopIteration
-            return self._sample(*plan[info.idx_in_epoch], epoch)
+            if decoded[0] is None:
+                return self._sample(*plan[k], epoch)
+            got, sample = next(decoded[0])
+            if got != k:  # DALI asks for the samples in order; anything else would mislabel clips
+                raise RuntimeError(f"DALI loader: the decoding workers sent sample {got} for {k}")
+            if isinstance(sample, str):  # a worker's VideoDecodeError, raised as without workers
+                raise VideoDecodeError(sample)
+            return tuple(np.asarray(a) for a in sample)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
                       seed=self.seed, prefetch_queue_depth=2)
@@ -277,7 +298,15 @@ class DALILoader:
             return
         sv = 1 if self.train else self.cfg.spatial_views
         names = [f"crop{k}" for k in range(sv)] + ["label"]
-        it = DALIGenericIterator(self._pipeline(plan, self.epoch), names, size=-1, auto_reset=False)
+        decoded = [self._decoded(plan, self.epoch)]
+        try:
+            it = DALIGenericIterator(self._pipeline(plan, self.epoch, decoded), names, size=-1, auto_reset=False)
+            yield from self._batches(it, sv)
+        finally:  # the workers exit with the epoch, also one stopped early or by an error
+            workers, decoded[0] = decoded[0], None
+            getattr(workers, "_shutdown_workers", lambda: None)()
+
+    def _batches(self, it, sv: int):
         for out in it:
             d = out[0]
             label = d["label"].reshape(-1).long()
@@ -292,6 +321,23 @@ class DALILoader:
             if not bool(keep.all()):
                 video, label = video[keep], label[keep]
             yield video, label, []
+
+
+class _EpochSamples(torch.utils.data.Dataset):
+    """One epoch's DALI pipeline inputs (:meth:`DALILoader._sample`) as ``(position, sample)``, in the
+    epoch's plan order: what PyAV mode's decoding workers make."""
+
+    def __init__(self, loader: DALILoader, plan: list, epoch: int):
+        self.loader, self.plan, self.epoch = loader, plan, epoch
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int):
+        try:
+            return k, self.loader._sample(*self.plan[k], self.epoch)
+        except VideoDecodeError as e:  # its message (it names the file) crosses to the source callback
+            return k, str(e)
 
 
 def make_loaders(args, train_items, val_items, device, rank: int, world: int):

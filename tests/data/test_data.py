@@ -1,4 +1,7 @@
 """Data: list files, clip sampling, the synthetic generator, PyAV and DALI decoding, bad files."""
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -250,9 +253,10 @@ def test_dali_decoder_flag_picks_the_route(clip_videos, monkeypatch, choice, nvd
 @pytest.mark.parametrize("route", ["gpu", "cpu"])
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
 def test_dali_gpu_routes_equal_the_cpu_pipeline(nvdec_clip_videos, codec, route, train):
-    """On a GPU, NVDEC (route gpu) and CPU decoding with GPU augmentation (route cpu) give the clips of
-    the CPU pipeline, which test_dali_clips_equal_pyav_clips ties to the PyAV loader: same labels, same
-    order, pixels within the CPU test's bound, on the GPU."""
+    """On a GPU, NVDEC (route gpu) and CPU decoding with GPU augmentation (route cpu; H.264 decoded by
+    PyAV in 2 worker processes) give the clips of the CPU pipeline (no workers), which
+    test_dali_clips_equal_pyav_clips ties to the PyAV loader: same labels, same order, pixels within
+    the CPU test's bound, on the GPU."""
     pytest.importorskip("nvidia.dali")
     from stadapter_fast.data.loaders import DALILoader, nvdec_available
     from stadapter_fast.train import build_parser
@@ -263,7 +267,7 @@ def test_dali_gpu_routes_equal_the_cpu_pipeline(nvdec_clip_videos, codec, route,
     flags = ["--frames", "4", "--stride", "3", "--image-size", "160", "--batch-size", "2", "--seed", "3"]
     flags += [] if train else ["--test-temporal-views", "2", "--test-spatial-views", "3"]
     items = nvdec_clip_videos[codec]
-    on_gpu = DALILoader(items, build_parser().parse_args([*flags, "--dali-decoder", route]), train,
+    on_gpu = DALILoader(items, build_parser().parse_args([*flags, "--dali-decoder", route, "--workers", "2"]), train,
                         torch.device("cuda", 0), 0, 1)
     on_cpu = DALILoader(items, build_parser().parse_args(flags), train, torch.device("cpu"), 0, 1)
     assert on_gpu.kind.startswith("dali-gpu-") and on_gpu.decode_device == ("mixed" if route == "gpu" else "cpu")
@@ -372,6 +376,61 @@ def test_dali_clips_equal_pyav_clips(clip_videos, codec, flags, train):
     assert flips == ({False, True} if train else {False})
     if train:  # a new epoch draws new clips
         assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, db))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test-2x3"])
+def test_dali_pyav_source_decodes_in_workers(clip_videos, tmp_path, train):
+    """PyAV inside DALI (H.264 on CPU) with --workers 2: two worker processes decode, ahead of the
+    pipeline, and exit with the epoch, when the loop stops early and on an error. The batches are bit
+    for bit those of --workers 0 (decoding in the source callback), and a file that fails to decode is
+    named in the same VideoDecodeError."""
+    import multiprocessing as mp
+    import shutil
+
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data.lists import VideoItem
+    from stadapter_fast.data.loaders import DALILoader
+    from stadapter_fast.train import build_parser
+
+    items = [VideoItem(shutil.copy(it.path, str(tmp_path / f"v{k}.mp4")), it.label)
+             for k, it in enumerate(clip_videos["h264"])]
+    views = [] if train else ["--test-temporal-views", "2", "--test-spatial-views", "3"]
+
+    def loader(workers):
+        a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2",
+                                       "--seed", "7", "--workers", str(workers), *views])
+        dl = DALILoader(items, a, train, torch.device("cpu"), 0, 1)
+        assert dl.kind == "dali-cpu-pyav-source"
+        return dl
+
+    before = set(mp.active_children())
+
+    def workers_now():
+        return len(set(mp.active_children()) - before)
+
+    inline, pooled = loader(0), loader(2)
+    for epoch in (0, 1):
+        inline.set_epoch(epoch)
+        pooled.set_epoch(epoch)
+        batches = iter(pooled)
+        first = next(batches)
+        assert workers_now() == 2
+        got = [first, *batches]
+        assert workers_now() == 0
+        want = list(inline)
+        assert len(got) == len(want) == len(pooled)
+        for (x, y, _), (u, v, _) in zip(got, want):
+            assert torch.equal(x, u) and torch.equal(y, v)
+    batches = iter(pooled)
+    next(batches)
+    batches.close()  # a loop that stops early
+    assert workers_now() == 0
+
+    Path(items[1].path).write_text("damaged after the probe")  # probed as good, fails when decoded
+    for dl in (inline, pooled):
+        with pytest.raises(VideoDecodeError, match=rf"^{re.escape(items[1].path)}: cannot decode video"):
+            list(dl)
+        assert workers_now() == 0
 
 
 @pytest.mark.parametrize("loader", ["pyav", "dali"])

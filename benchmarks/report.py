@@ -36,6 +36,18 @@ def load_rows(path: Path) -> tuple[list[dict], dict]:
     return rows, data.get("machine_info", {})
 
 
+def json_arguments(description: str) -> argparse.ArgumentParser:
+    """A command line taking one or more pytest-benchmark JSON files (``json``), whose rows
+    :func:`load_all` merges."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("json", type=Path, nargs="+", help="one or more --benchmark-json files (rows are merged)")
+    return ap
+
+
+def load_all(paths: list[Path]) -> list[dict]:
+    return [r for path in paths for r in load_rows(path)[0]]
+
+
 def _fmt(v, f):
     return "" if v is None else f.format(v)
 
@@ -94,11 +106,10 @@ def chart(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", type=Path, nargs="+", help="one or more --benchmark-json files (rows are merged)")
+    ap = json_arguments(__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=None, help="default: beside the JSON file")
     args = ap.parse_args(argv)
-    rows = [r for path in args.json for r in load_rows(path)[0]]
+    rows = load_all(args.json)
     out = args.out_dir or args.json[0].parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown(rows))

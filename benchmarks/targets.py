@@ -10,12 +10,11 @@ time at every shape that ran, and the path faster at most of them: what ``AUTO_P
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.report import load_rows
+from benchmarks.report import json_arguments, load_all
 
 #: the headline case (bf16, the ViT-B/16 8-frame shape, the release's (3, 1, 1) adapter)
 HEADLINE, DTYPE = "vitb16_8f", "bfloat16"
@@ -153,14 +152,11 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", type=Path, nargs="+", help="--benchmark-json files of one run (rows are merged)")
+    ap = json_arguments(__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="default: targets.md beside the first JSON file")
     args = ap.parse_args(argv)
-    rows = [r for path in args.json for r in load_rows(path)[0]]
-    out = args.out or args.json[0].parent / "targets.md"
-    text = render(rows)
-    out.write_text(text)
+    text = render(load_all(args.json))
+    (args.out or args.json[0].parent / "targets.md").write_text(text)
     print(text)
     return 0
 

@@ -395,7 +395,34 @@ def table(rows: list, loaders: list) -> str:
               + (f"{f(ld['clips_per_s'], '.1f')} clips/s ({f(ld['clips_per_s_whole_epoch'], '.1f')} over whole epochs)"
                  if "error" not in ld else f"failed: {ld['error'][:200]}")
               for ld in loaders]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *targets(rows, loaders)])
+
+
+def targets(rows: list, loaders: list) -> list[str]:
+    """Issue 12's targets, each met or missed, or which figure it lacks: (3) >= 1.5x the clips/s of (1);
+    the DALI loader alone >= 2x PyAV's at the same threads; (5)'s peak torch memory <= 0.6x (3)'s, with
+    (5)'s step-time cost (the clips/s of (3) over those of (5); a loader-bound run hides it)."""
+    by = {r["config"]: r for r in rows if "error" not in r}
+    alone = {("dali" if ld["loader"].startswith("dali") else ld["loader"]): ld for ld in loaders if "error" not in ld}
+
+    def ratio(a, b, key):
+        return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+
+    def line(what, v, wanted, higher, lacks):
+        if v is None:
+            return f"- {what}: n/a ({lacks})"
+        met = v >= wanted if higher else v <= wanted
+        return f"- {what}: {v:.2f}x (wanted {'>=' if higher else '<='} {wanted:g}x): {'met' if met else 'missed'}"
+
+    cost = ratio(by.get(3), by.get(5), "clips_per_s")
+    return ["targets:",
+            line("(3) vs (1) clips/s", ratio(by.get(3), by.get(1), "clips_per_s"), 1.5, True,
+                 "needs configs 1 and 3"),
+            line("DALI loader alone vs PyAV alone, clips/s", ratio(alone.get("dali"), alone.get("pyav"), "clips_per_s"),
+                 2.0, True, "needs both loaders alone"),
+            line("(5) vs (3) peak torch memory", ratio(by.get(5), by.get(3), "peak_memory_mb"), 0.6, False,
+                 "needs configs 3 and 5")
+            + ("" if cost is None else f"; (5) takes {cost:.2f}x (3)'s time per clip (its step-time cost)")]
 
 
 def main(argv=None, read=None) -> int:

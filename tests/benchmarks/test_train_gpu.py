@@ -241,3 +241,27 @@ def test_table_lists_rows_by_config():
     rows = [{"config": c, "what": f"setup {c}", "exit": 1, "batch_size": 8, "error": "x"} for c in (1, 3, 2)]
     lines = [line for line in train_gpu.table(rows, []).splitlines() if line.startswith("| (")]
     assert [line[:4] for line in lines] == ["| (1", "| (2", "| (3"]
+
+
+def _ok_row(config, clips_per_s, peak_mb):
+    return {"config": config, "what": f"setup {config}", "exit": 0, "batch_size": 8, "loader": "x",
+            "clips_per_s": clips_per_s, "clips_per_s_whole_epoch": clips_per_s, "clips_per_s_epoch1": clips_per_s,
+            "peak_memory_mb": peak_mb, "nvml_peak_used_mb": None, "gpu_util_pct": None, "nvdec_util_pct": None}
+
+
+def test_table_reads_off_the_issue_targets():
+    """(3) vs (1) clips/s, the loaders alone, (5) vs (3) memory with its time cost; a target whose rows
+    are missing or failed says what it needs."""
+    rows = [_ok_row(1, 100.0, 9000), _ok_row(3, 160.0, 10000), _ok_row(5, 128.0, 7000)]
+    loaders = [{"loader": "pyav", "threads": 16, "clips_per_s": 150.0, "clips_per_s_whole_epoch": 140.0},
+               {"loader": "dali-gpu-decoder", "threads": 16, "clips_per_s": 270.0, "clips_per_s_whole_epoch": 260.0}]
+    text = train_gpu.table(rows, loaders)
+    assert "- (3) vs (1) clips/s: 1.60x (wanted >= 1.5x): met" in text
+    assert "- DALI loader alone vs PyAV alone, clips/s: 1.80x (wanted >= 2x): missed" in text
+    assert ("- (5) vs (3) peak torch memory: 0.70x (wanted <= 0.6x): missed; (5) takes 1.25x (3)'s time per clip"
+            in text)
+    failed = [_ok_row(1, 100.0, 9000), {"config": 3, "what": "setup 3", "exit": 1, "batch_size": 8, "error": "x"}]
+    text = train_gpu.table(failed, loaders[:1])
+    assert "- (3) vs (1) clips/s: n/a (needs configs 1 and 3)" in text
+    assert "- DALI loader alone vs PyAV alone, clips/s: n/a (needs both loaders alone)" in text
+    assert "- (5) vs (3) peak torch memory: n/a (needs configs 3 and 5)" in text

@@ -6,7 +6,8 @@ Each target compares rows by their device time (``median_ms``), across phases wh
 timed in different ones (e.g. ``fast`` in phase A, ``fast_torch_compiled`` in K: the same machine and
 visit, each row timed by CUDA events). A target whose rows are missing says which. The ``auto`` table
 lists, per shape class of :data:`stadapter_fast._backend.AUTO_PATH`, the two-pass vs one-pass device
-time at every shape that ran, and the path faster at most of them: what ``AUTO_PATH`` should then say.
+time at every shape that ran, and the path faster (by more than ``TIE``) at more of them than the
+other: what ``AUTO_PATH`` should then say.
 """
 from __future__ import annotations
 

@@ -11,8 +11,7 @@
 #                        both GPU routes' clips against the CPU pipeline's; make the dataset (H.264 + VP9
 #                        if NVDEC works, else VP9, which DALI's CPU decoder reads)
 #   call N+1:     "E1"   the batch that fits (BATCH=auto); configs 1 and 3, the pair the issue's target
-#                        compares, first (each killed after 150 s; the
-#                        phase after 540 s)
+#                        compares, first (each killed after 150 s; the phase after 540 s)
 #   call N+2:     "E2"   configs 2, 4, 5 and the loaders alone, appended to the same table
 # Phases: G (benchmarks/gpu_deps.py gather), U (unpack; TRAIN_VIDEOS, default 512; 32 val; 16 frames at
 # 224), E1/E2 (benchmarks/train_gpu.py; BATCH, default auto: the largest that fits config 1, found by E1

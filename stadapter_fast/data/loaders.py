@@ -244,8 +244,8 @@ class DALILoader:
         return iter(torch.utils.data.DataLoader(_EpochSamples(self, plan, epoch), batch_size=None,
                                                 num_workers=self.decode_workers))
 
-    def _pipeline(self, plan: list, epoch: int, decoded: list):
-        """The epoch's pipeline; ``decoded`` holds the iterator of :meth:`_decoded` (or None)."""
+    def _pipeline(self, plan: list, epoch: int, decoded):
+        """The epoch's pipeline; ``decoded``: the iterator of :meth:`_decoded`, or None."""
         from nvidia.dali import fn, pipeline_def, types
 
         size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
@@ -254,9 +254,9 @@ class DALILoader:
             k = info.idx_in_epoch
             if k >= len(plan):
                 raise StopIteration
-            if decoded[0] is None:
+            if decoded is None:
                 return self._sample(*plan[k], epoch)
-            got, sample = next(decoded[0])
+            got, sample = next(decoded)
             if got != k:  # DALI asks for the samples in order; anything else would mislabel clips
                 raise RuntimeError(f"DALI loader: the decoding workers sent sample {got} for {k}")
             if isinstance(sample, str):  # a worker's VideoDecodeError, raised as without workers
@@ -298,13 +298,12 @@ class DALILoader:
             return
         sv = 1 if self.train else self.cfg.spatial_views
         names = [f"crop{k}" for k in range(sv)] + ["label"]
-        decoded = [self._decoded(plan, self.epoch)]
+        decoded = self._decoded(plan, self.epoch)
         try:
             it = DALIGenericIterator(self._pipeline(plan, self.epoch, decoded), names, size=-1, auto_reset=False)
             yield from self._batches(it, sv)
         finally:  # the workers exit with the epoch, also one stopped early or by an error
-            workers, decoded[0] = decoded[0], None
-            getattr(workers, "_shutdown_workers", lambda: None)()
+            getattr(decoded, "_shutdown_workers", lambda: None)()
 
     def _batches(self, it, sv: int):
         for out in it:

@@ -182,22 +182,46 @@ def auto_batch(args) -> dict:
     return fit_batch(memory, total_mb, shm, clip_mb, args.workers)
 
 
-class GpuSampler:
-    """Samples GPU and NVDEC utilisation (%) and device memory in use (MiB) every ``period`` s in a
-    thread, through NVML (nvidia-ml-py, which the GPU image holds). ``available`` is False where NVML,
-    a driver or a GPU is missing, or for a CPU run; ``error`` holds what stopped the sampling, if
-    anything did. ``read`` (a function returning ``(gpu %, decoder %, used MiB)``) replaces NVML in
-    tests."""
+def nvml_device(device: str, visible: str | None) -> tuple[str, int | str]:
+    """Which GPU NVML should read for torch's ``device`` ("cuda" or "cuda:K") under
+    ``CUDA_VISIBLE_DEVICES=visible`` (None: unset): ``("index", i)`` or ``("uuid", "GPU-...")``. torch's
+    ``cuda:K`` is the K-th visible device; NVML counts every GPU of the machine. Worked out from the
+    environment, as torch does, so the sampling process never opens a CUDA context of its own (which would
+    add to the memory it reads). Assumes CUDA's device order is NVML's (PCI bus order), which holds unless
+    ``CUDA_DEVICE_ORDER`` is left at its default on a machine with mixed GPUs."""
+    k = int(device.partition(":")[2] or 0)
+    if visible is None:
+        return "index", k
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if k >= len(entries):
+        raise ValueError(f"device {device!r}: CUDA_VISIBLE_DEVICES={visible!r} makes {len(entries)} GPU(s) visible")
+    entry = entries[k]
+    if entry.isdigit():
+        return "index", int(entry)
+    if entry.startswith("GPU-"):
+        return "uuid", entry
+    raise ValueError(f"device {device!r}: CUDA_VISIBLE_DEVICES entry {entry!r} is neither an index nor a "
+                     "GPU-... UUID (MIG instances are not sampled)")
 
-    def __init__(self, enabled: bool = True, period: float = 0.2, read=None):
+
+class GpuSampler:
+    """Samples GPU and NVDEC utilisation (%) and device memory in use (MiB) of torch's ``device`` every
+    ``period`` s in a thread, through NVML (nvidia-ml-py, which the GPU image holds; see
+    :func:`nvml_device`). ``available`` is False where NVML, a driver or a GPU is missing, or for a CPU
+    run; ``error`` holds what stopped the sampling, if anything did. ``read`` (a function returning
+    ``(gpu %, decoder %, used MiB)``) replaces NVML in tests."""
+
+    def __init__(self, enabled: bool = True, period: float = 0.2, read=None, device: str = "cuda"):
         self.period, self.samples, self.error, self._stop = period, [], None, threading.Event()
         self._read, self.available = read, read is not None
         if enabled and read is None:
             try:
                 import pynvml
 
+                how, which = nvml_device(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
                 pynvml.nvmlInit()
-                handle = pynvml.nvmlDeviceGetHandleByIndex(0)  # the one GPU of the machine (torch's cuda:0)
+                handle = (pynvml.nvmlDeviceGetHandleByIndex(which) if how == "index"
+                          else pynvml.nvmlDeviceGetHandleByUUID(which))
 
                 def decoder():
                     return pynvml.nvmlDeviceGetDecoderUtilization(handle)[0]
@@ -284,7 +308,7 @@ def run_config(config: int, args, train_list: Path, read=None) -> dict:
                      args.device, args.dali_decoder)
     metrics, log_path = out / "metrics.jsonl", args.out / f"config{config}.log"
     seen = {}  # number of epoch records -> when it was first seen
-    with GpuSampler(args.device.startswith("cuda"), read=read) as gpu, open(log_path, "w") as log:
+    with GpuSampler(args.device.startswith("cuda"), read=read, device=args.device) as gpu, open(log_path, "w") as log:
         t_start = time.time()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         timed_out = False

@@ -4,7 +4,9 @@ second call's rows and times a loader alone. A check of the script, not a measur
 the sampler is checked with a stand-in reading)."""
 import json
 import statistics
+import sys
 import time
+import types
 
 import pytest
 
@@ -98,6 +100,51 @@ def test_sampler_window_and_errors():
             time.sleep(0.01)
     assert [x[1:] for x in s.samples] == [(42, 7, 1.5)] * 3 and s.error == "sampling stopped: GPU is lost"
     assert train_gpu.GpuSampler(enabled=False).available is False
+
+
+@pytest.mark.parametrize("device, visible, expected", [
+    ("cuda", None, ("index", 0)), ("cuda:1", None, ("index", 1)), ("cuda", "3,1", ("index", 3)),
+    ("cuda:1", " 3, 1", ("index", 1)), ("cuda:0", "GPU-8a1b2c3d-0000", ("uuid", "GPU-8a1b2c3d-0000")),
+])
+def test_nvml_device_is_the_one_torch_trains_on(device, visible, expected):
+    assert train_gpu.nvml_device(device, visible) == expected
+
+
+@pytest.mark.parametrize("device, visible, match", [("cuda:2", "0,1", "makes 2 GPU"),
+                                                    ("cuda", "MIG-5c3f", "neither an index")])
+def test_nvml_device_errors_name_the_device(device, visible, match):
+    with pytest.raises(ValueError, match=match):
+        train_gpu.nvml_device(device, visible)
+
+
+def test_sampler_reads_the_training_device(monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=2,5 torch's cuda:1 is the machine's GPU 5: NVML reads that one's figures;
+    a device NVML cannot name leaves the figures out and says why."""
+    class FakeNVML(types.ModuleType):
+        NVMLError = RuntimeError
+
+        def nvmlInit(self):
+            pass
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetUtilizationRates(self, h):
+            return types.SimpleNamespace(gpu=10 * h)
+
+        def nvmlDeviceGetDecoderUtilization(self, h):
+            return (h, 1000)
+
+        def nvmlDeviceGetMemoryInfo(self, h):
+            return types.SimpleNamespace(used=h * 2 ** 20)
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML("pynvml"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    s = train_gpu.GpuSampler(device="cuda:1")
+    assert s.available and s.error is None and s._read() == (50, 5, 5.0)
+    assert train_gpu.GpuSampler(device="cuda")._read() == (20, 2, 2.0)
+    s = train_gpu.GpuSampler(device="cuda:2")
+    assert not s.available and "makes 2 GPU" in s.error
 
 
 def test_dali_probe_on_cpu_says_cpu(tmp_path, capsys):

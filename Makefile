@@ -42,7 +42,15 @@ COMPAT_PYTEST_ARGS ?= --deselect tests/benchmarks/test_suite_and_report.py::test
 	--deselect tests/test_train_crash.py \
 	--deselect 'tests/csrc_triton/test_aot.py::test_aot_compile_all_variants[80]'
 
-.PHONY: venv test test-compat test-system bench clean demo
+# Not in CI (the two rows above are): the newest releases on PyPI, run by hand with `make test-newest`.
+# PyPI has only the CUDA build of these torch versions (+ ~2.5 GB of nvidia-*; it runs on CPU).
+# torchvision 0.29.2, the newest, requires torch >= 2.14.
+NEWEST_VENV ?= .venv-newest
+NEWEST_TORCH ?= 2.15.0
+NEWEST_TRITON ?= 3.9.0
+NEWEST_TORCHVISION ?= 0.29.2
+
+.PHONY: venv test test-compat test-newest test-system bench clean demo
 
 venv: $(VENV)/.installed
 
@@ -65,6 +73,10 @@ test-compat:
 		TRANSFORMERS_SPEC='$(COMPAT_TRANSFORMERS)' \
 		REQUIRE_CPU_TORCH=0 PYTEST_ARGS="$(COMPAT_PYTEST_ARGS) $(PYTEST_ARGS)"
 
+test-newest:
+	$(MAKE) --no-print-directory test VENV=$(NEWEST_VENV) TORCH_VERSION=$(NEWEST_TORCH) \
+		TRITON_VERSION=$(NEWEST_TRITON) TORCHVISION_VERSION=$(NEWEST_TORCHVISION) REQUIRE_CPU_TORCH=0
+
 test-system:
 	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
@@ -75,4 +87,4 @@ bench: venv
 	$(PY) -m pytest benchmarks/ --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .benchmarks *.egg-info build dist .gpu-deps
+	rm -rf $(VENV) $(COMPAT_VENV) $(NEWEST_VENV) .pytest_cache .benchmarks *.egg-info build dist .gpu-deps

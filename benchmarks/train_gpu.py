@@ -206,8 +206,8 @@ def nvml_device(device: str, visible: str | None) -> tuple[str, int | str]:
 
 class GpuSampler:
     """Samples GPU and NVDEC utilisation (%) and device memory in use (MiB) of torch's ``device`` every
-    ``period`` s in a thread, through NVML (nvidia-ml-py, which the GPU image holds; see
-    :func:`nvml_device`). ``available`` is False where NVML, a driver or a GPU is missing, or for a CPU
+    ``period`` s in a thread, through NVML (nvidia-ml-py, which the GPU image holds; which GPU: the
+    machine's only one, else :func:`nvml_device`). ``available`` is False where NVML, a driver or a GPU is missing, or for a CPU
     run; ``error`` holds what stopped the sampling, if anything did. ``read`` (a function returning
     ``(gpu %, decoder %, used MiB)``) replaces NVML in tests."""
 
@@ -218,8 +218,11 @@ class GpuSampler:
             try:
                 import pynvml
 
-                how, which = nvml_device(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
                 pynvml.nvmlInit()
+                if pynvml.nvmlDeviceGetCount() == 1:  # the only GPU, however CUDA_VISIBLE_DEVICES names it
+                    how, which = "index", 0
+                else:
+                    how, which = nvml_device(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
                 handle = (pynvml.nvmlDeviceGetHandleByIndex(which) if how == "index"
                           else pynvml.nvmlDeviceGetHandleByUUID(which))
 

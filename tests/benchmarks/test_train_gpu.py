@@ -118,13 +118,17 @@ def test_nvml_device_errors_name_the_device(device, visible, match):
 
 
 def test_sampler_reads_the_training_device(monkeypatch):
-    """With CUDA_VISIBLE_DEVICES=2,5 torch's cuda:1 is the machine's GPU 5: NVML reads that one's figures;
-    a device NVML cannot name leaves the figures out and says why."""
+    """With CUDA_VISIBLE_DEVICES=2,5 torch's cuda:1 is the machine's GPU 5 of 8: NVML reads that one's
+    figures; a device NVML cannot name leaves the figures out and says why."""
     class FakeNVML(types.ModuleType):
         NVMLError = RuntimeError
+        gpus = 8
 
         def nvmlInit(self):
             pass
+
+        def nvmlDeviceGetCount(self):
+            return self.gpus
 
         def nvmlDeviceGetHandleByIndex(self, i):
             return i
@@ -138,13 +142,17 @@ def test_sampler_reads_the_training_device(monkeypatch):
         def nvmlDeviceGetMemoryInfo(self, h):
             return types.SimpleNamespace(used=h * 2 ** 20)
 
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML("pynvml"))
+    nvml = FakeNVML("pynvml")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     s = train_gpu.GpuSampler(device="cuda:1")
     assert s.available and s.error is None and s._read() == (50, 5, 5.0)
     assert train_gpu.GpuSampler(device="cuda")._read() == (20, 2, 2.0)
     s = train_gpu.GpuSampler(device="cuda:2")
     assert not s.available and "makes 2 GPU" in s.error
+    nvml.gpus = 1  # a machine's only GPU is the one, however the variable names it (a UUID prefix, say)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8a1b")
+    assert train_gpu.GpuSampler(device="cuda")._read() == (0, 0, 0.0)
 
 
 def test_dali_probe_on_cpu_says_cpu(tmp_path, capsys):

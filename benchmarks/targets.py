@@ -68,6 +68,16 @@ def _targets() -> list[Target]:
 TARGETS = _targets()
 
 
+def bound(threshold: float, higher_is_better: bool) -> str:
+    """The wanted side of a threshold as text: ``">= 1.5"`` or ``"<= 0.6"``."""
+    return f"{'>=' if higher_is_better else '<='} {threshold:g}"
+
+
+def met(value: float, threshold: float, higher_is_better: bool) -> bool:
+    """Whether ``value`` is on the wanted side of ``threshold`` (the threshold itself meets it)."""
+    return value >= threshold if higher_is_better else value <= threshold
+
+
 def index(rows: list[dict]) -> tuple[dict, list[str]]:
     """``{(level, case, mode, provider): row}`` of the bf16 rows, and a note per key timed twice (the
     later row is kept)."""
@@ -104,13 +114,13 @@ def targets_table(rows: dict) -> list[str]:
     out = ["| target | wanted | measured | met |", "|---|---|---|---|"]
     for t in TARGETS:
         v, note = _figure(rows, t)
-        wanted = f"{'>=' if t.higher_is_better else '<='} {t.threshold:g}"
+        wanted = bound(t.threshold, t.higher_is_better)
         if v is None:
             out.append(f"| {t.what} | {wanted} | ({note}) | - |")
             continue
-        met = v >= t.threshold if t.higher_is_better else v <= t.threshold
         shown = f"{v:.0%}" if t.key == "bw_fraction" else f"{v:.2f}x"
-        out.append(f"| {t.what} | {wanted} | {shown} | {'yes' if met else '**no**'} |")
+        verdict = "yes" if met(v, t.threshold, t.higher_is_better) else "**no**"
+        out.append(f"| {t.what} | {wanted} | {shown} | {verdict} |")
     return out
 
 

@@ -54,6 +54,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.targets import bound, met
+
 # ViT-B/16, 8 frames at 224, 12x384 adapters (the release), bf16 autocast over a frozen bf16 backbone.
 # (Issue 12 names a frozen fp16 backbone under bf16 autocast: torch's autocast cannot mix the two half
 # types, and stadapter-train refuses that pair.)
@@ -207,9 +209,9 @@ def nvml_device(device: str, visible: str | None) -> tuple[str, int | str]:
 class GpuSampler:
     """Samples GPU and NVDEC utilisation (%) and device memory in use (MiB) of torch's ``device`` every
     ``period`` s in a thread, through NVML (nvidia-ml-py, which the GPU image holds; which GPU: the
-    machine's only one, else :func:`nvml_device`). ``available`` is False where NVML, a driver or a GPU is missing, or for a CPU
-    run; ``error`` holds what stopped the sampling, if anything did. ``read`` (a function returning
-    ``(gpu %, decoder %, used MiB)``) replaces NVML in tests."""
+    machine's only one, else :func:`nvml_device`). ``available`` is False where NVML, a driver or a GPU
+    is missing, or for a CPU run; ``error`` holds what stopped the sampling, if anything did. ``read`` (a
+    function returning ``(gpu %, decoder %, used MiB)``) replaces NVML in tests."""
 
     def __init__(self, enabled: bool = True, period: float = 0.2, read=None, device: str = "cuda"):
         self.period, self.samples, self.error, self._stop = period, [], None, threading.Event()
@@ -438,8 +440,7 @@ def targets(rows: list, loaders: list) -> list[str]:
     def line(what, v, wanted, higher, lacks):
         if v is None:
             return f"- {what}: n/a ({lacks})"
-        met = v >= wanted if higher else v <= wanted
-        return f"- {what}: {v:.2f}x (wanted {'>=' if higher else '<='} {wanted:g}x): {'met' if met else 'missed'}"
+        return f"- {what}: {v:.2f}x (wanted {bound(wanted, higher)}x): {'met' if met(v, wanted, higher) else 'missed'}"
 
     cost = ratio(by.get(3), by.get(5), "clips_per_s")
     return ["targets:",

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers / DALI threads, and the processes that decode with PyAV when "
                         "DALI's decoder cannot (0: main process / 1 thread)")
     d.add_argument("--on-bad-video", choices=["skip", "fail"], default="skip",
-                   help="skip (count and report at epoch end) or fail on the first unreadable/short video")
+                   help="skip (count and report at epoch end) or fail on the first unreadable/short video, "
+                        "whether the probe finds it or decoding does")
     c = ap.add_argument_group("clips: sampling and augmentation")
     c.add_argument("--frames", type=_POSITIVE, default=8, help="frames per clip (T)")
     c.add_argument("--sampling", choices=["stride", "segments"], default="stride",

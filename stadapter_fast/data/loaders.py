@@ -25,6 +25,7 @@ CLIP-normalises:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -164,7 +165,15 @@ class DALILoader:
     """A DALI pipeline + ``DALIGenericIterator`` per epoch over a list of videos (one clip, or in
     testing all views, per video). The pipeline is rebuilt for each epoch (~20 ms on CPU): its source
     callback then serves exactly that epoch, and no read-ahead crosses an epoch boundary. So are PyAV
-    mode's decoding workers (``--workers``; forked, like a DataLoader's, before the pipeline starts)."""
+    mode's decoding workers (``--workers``; forked, like a DataLoader's, before the pipeline starts).
+
+    Bad videos: the probe drops those it can tell (unreadable, too short). One that passes it and
+    fails when decoded (damaged mid-stream, or changed since) is, as in the PyAV loader, skipped and
+    reported in its batch's ``bad_paths`` (``--on-bad-video skip``) or a :class:`VideoDecodeError`
+    naming it (``fail``). PyAV mode sees the error in the source. DALI's own decoder fails the whole
+    batch without naming a file: the batch's files are then decoded with PyAV to find which, and the
+    epoch goes on from that batch in a new pipeline, with a stand-in (label -1, dropped) fed for it
+    from then on. Either way batch counts stay the same (every DDP rank runs the same steps)."""
 
     def __init__(self, items, args, train: bool, device: torch.device, rank: int, world: int):
         self.cfg = ClipSampling.from_args(args)
@@ -183,6 +192,10 @@ class DALILoader:
         self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
         self.batch_size, self.threads = args.batch_size, max(1, args.workers)
         self.decode_workers = args.workers  # PyAV mode's decoding processes (0: the source callback)
+        self.on_error = args.on_bad_video
+        self.broken: dict[int, str] = {}  # decoder mode: item index -> why DALI's decoder failed on it
+        self._skipped: list[tuple[int, str]] = []  # (plan position, path) of the stand-ins fed, to report
+        self._lock = threading.Lock()  # _skipped: appended by DALI's thread, read by the iterating one
         self.device_id = None
         if self.gpu:
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
@@ -223,6 +236,8 @@ class DALILoader:
         else:
             video = decode_video(item.path)
             n, h, w = video.shape[:3]
+            if n < self.cfg.num_frames:  # the probe counted more: as VideoClipDataset.load says it
+                raise VideoDecodeError(f"{item.path}: too short ({n} frames, need {self.cfg.num_frames})")
         views = clip_views(self.cfg, n, h, w, self.train, sample_rng(self.seed, epoch, index))
         sv = 1 if self.train else self.cfg.spatial_views
         frames = np.concatenate([v.frames for v in views[::sv]])
@@ -235,6 +250,41 @@ class DALILoader:
         return (*data, np.array(nh, dtype=np.float32), np.array(nw, dtype=np.float32),
                 np.array(int(flip), dtype=np.int32), *starts, np.array([label], dtype=np.int32))
 
+    def _stand_in(self, epoch: int):
+        """The pipeline inputs fed in place of a bad video: a sample of label -1, which ``_batches``
+        drops. PyAV mode: black frames; decoder mode: a video of the pool not known to be broken (DALI
+        decodes whatever is fed)."""
+        if self.mode == "decoder":
+            spare = next((i for i in self.pool if i not in self.broken), None)
+            if spare is None:
+                raise VideoDecodeError("DALI loader: every video of the list failed to decode: "
+                                       + ", ".join(self.items[i].path for i in list(self.broken)[:5]))
+            return self._sample(spare, -1, epoch)
+        size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
+        frames = self.cfg.num_frames * (1 if self.train else self.cfg.temporal_views)
+        return (np.zeros((frames, size, size, 3), np.uint8), np.array(size, dtype=np.float32),
+                np.array(size, dtype=np.float32), np.array(0, dtype=np.int32),
+                *[np.zeros(2, dtype=np.int32)] * sv, np.array([-1], dtype=np.int32))
+
+    def _skip(self, position: int, index: int, label: int, message: str, epoch: int):
+        """A bad video met at ``position`` of the plan: ``fail`` raises ``message``; ``skip`` records
+        its path for its batch to report and returns the stand-in. A padding row (label -1; its video
+        is also the epoch's first) only gets the stand-in."""
+        if label >= 0:
+            if self.on_error == "fail":
+                raise VideoDecodeError(message)
+            with self._lock:
+                self._skipped.append((position, self.items[index].path))
+        return self._stand_in(epoch)
+
+    def _reported(self, end: int) -> list:
+        """The paths skipped at plan positions before ``end``, taken off the list (the source runs up
+        to two batches ahead: those stay for their own batches)."""
+        with self._lock:
+            done = [path for pos, path in self._skipped if pos < end]
+            self._skipped = [(pos, path) for pos, path in self._skipped if pos >= end]
+        return done
+
     def _decoded(self, plan: list, epoch: int):
         """PyAV mode with workers: the epoch's samples in plan order as ``(position, sample)``, decoded
         ahead in ``decode_workers`` DataLoader processes (started here, before the pipeline's threads;
@@ -244,23 +294,30 @@ class DALILoader:
         return iter(torch.utils.data.DataLoader(_EpochSamples(self, plan, epoch), batch_size=None,
                                                 num_workers=self.decode_workers))
 
-    def _pipeline(self, plan: list, epoch: int, decoded):
-        """The epoch's pipeline; ``decoded``: the iterator of :meth:`_decoded`, or None."""
+    def _pipeline(self, plan: list, epoch: int, decoded, start: int = 0):
+        """The epoch's pipeline from plan position ``start`` on; ``decoded``: the iterator of
+        :meth:`_decoded` (which starts at 0), or None."""
         from nvidia.dali import fn, pipeline_def, types
 
         size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
 
         def source(info):
-            k = info.idx_in_epoch
+            k = start + info.idx_in_epoch
             if k >= len(plan):
                 raise StopIteration
+            index, label = plan[k]
             if decoded is None:
-                return self._sample(*plan[k], epoch)
+                if index in self.broken:  # decoder mode: found broken earlier (_find_broken)
+                    return self._skip(k, index, label, self.broken[index], epoch)
+                try:
+                    return self._sample(index, label, epoch)
+                except VideoDecodeError as e:
+                    return self._skip(k, index, label, str(e), epoch)
             got, sample = next(decoded)
             if got != k:  # DALI asks for the samples in order; anything else would mislabel clips
                 raise RuntimeError(f"DALI loader: the decoding workers sent sample {got} for {k}")
-            if isinstance(sample, str):  # a worker's VideoDecodeError, raised as without workers
-                raise VideoDecodeError(sample)
+            if isinstance(sample, str):  # a worker's VideoDecodeError: as without workers
+                return self._skip(k, index, label, sample, epoch)
             return tuple(np.asarray(a) for a in sample)
 
         @pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
@@ -298,15 +355,69 @@ class DALILoader:
             return
         sv = 1 if self.train else self.cfg.spatial_views
         names = [f"crop{k}" for k in range(sv)] + ["label"]
-        decoded = self._decoded(plan, self.epoch)
-        try:
-            it = DALIGenericIterator(self._pipeline(plan, self.epoch, decoded), names, size=-1, auto_reset=False)
-            yield from self._batches(it, sv)
-        finally:  # the workers exit with the epoch, also one stopped early or by an error
-            getattr(decoded, "_shutdown_workers", lambda: None)()
+        with self._lock:
+            self._skipped = []  # a previous epoch stopped early leaves its read-ahead's
+        done = 0  # batches yielded
+        while True:
+            decoded = self._decoded(plan, self.epoch)  # PyAV mode; it never restarts (start stays 0)
+            try:
+                pipe = self._pipeline(plan, self.epoch, decoded, start=done * self.batch_size)
+                for batch in self._batches(DALIGenericIterator(pipe, names, size=-1, auto_reset=False), sv, done):
+                    yield batch
+                    done += 1
+                return
+            except RuntimeError as e:  # DALI's "Critical error in pipeline" (its first batch: at construction)
+                if self.mode != "decoder" or isinstance(e, VideoDecodeError):
+                    raise
+                known = len(self.broken)
+                self._find_broken(plan, done, e)
+                if len(self.broken) == known:  # cannot happen (a broken video is never fed): never loop on it
+                    raise
+                with self._lock:  # the stand-ins of the batches to come are fed (and recorded) again
+                    self._skipped = [(pos, path) for pos, path in self._skipped if pos < done * self.batch_size]
+            finally:  # the workers exit with the epoch, also one stopped early or by an error
+                getattr(decoded, "_shutdown_workers", lambda: None)()
 
-    def _batches(self, it, sv: int):
-        for out in it:
+    def _find_broken(self, plan: list, done: int, error: Exception) -> None:
+        """DALI's decoder failed on a batch from ``done`` on (the one asked for, or one read ahead):
+        decode the videos fed there with PyAV, the failing batch's first, and mark those PyAV cannot
+        decode in full, or not to the frame count the probe read (which the clip's frame indices come
+        from), as broken. None found: DALI's error is raised with the batch's files named; in
+        ``fail`` mode the first found is a :class:`VideoDecodeError`."""
+        B, fed = self.batch_size, []
+        for b in range(done, min(done + 3, math.ceil(len(plan) / B))):  # prefetch_queue_depth 2
+            batch = []
+            for index, _ in plan[b * B:(b + 1) * B]:
+                if index in self.broken:
+                    index = next((i for i in self.pool if i not in self.broken), index)  # the stand-in's
+                if index not in batch:
+                    batch.append(index)
+            fed.append(batch)
+        for batch in fed:
+            found = {}
+            for i in batch:
+                path = self.items[i].path
+                try:
+                    n, why = len(decode_video(path)), None
+                except VideoDecodeError as e:
+                    n, why = 0, str(e).removeprefix(f"{path}: ")
+                if why is not None or n < self.info[i].frames:
+                    found[i] = (f"{path}: cannot decode video (DALI's {self.decode_device} decoder failed on its "
+                                f"batch; PyAV: {why or f'{n} frames, the probe counted {self.info[i].frames}'})")
+            if found:
+                if self.on_error == "fail":
+                    raise VideoDecodeError(next(iter(found.values()))) from error
+                self.broken.update(found)
+                return
+        paths = [self.items[i].path for i in fed[0]]
+        raise RuntimeError(f"DALI loader: DALI's {self.decode_device} video decoder failed on the batch of "
+                           f"{', '.join(paths)}, and PyAV decodes each of those files in full") from error
+
+    def _batches(self, it, sv: int, start: int = 0):
+        """``(clips, labels, bad_paths)`` per DALI batch (the ``start``-th of the epoch first), rows of
+        label -1 (padding, stand-ins) dropped; a batch with none left is ``(None, None, bad_paths)``,
+        as the PyAV loader yields one."""
+        for b, out in enumerate(it, start):
             d = out[0]
             label = d["label"].reshape(-1).long()
             if self.train:
@@ -317,9 +428,13 @@ class DALILoader:
                 tv, T = self.cfg.temporal_views, self.cfg.num_frames
                 video = x.view(B, sv, C, tv, T, S, S).permute(0, 3, 1, 2, 4, 5, 6).reshape(B, tv * sv, C, T, S, S)
             keep = label >= 0
+            bad = self._reported((b + 1) * self.batch_size)
+            if not bool(keep.any()):
+                yield None, None, bad
+                continue
             if not bool(keep.all()):
                 video, label = video[keep], label[keep]
-            yield video, label, []
+            yield video, label, bad
 
 
 class _EpochSamples(torch.utils.data.Dataset):

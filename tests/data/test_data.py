@@ -282,6 +282,27 @@ def test_dali_gpu_routes_equal_the_cpu_pipeline(nvdec_clip_videos, codec, route,
             assert (x.cpu() - u).abs().max().item() * 0.27 * 255 < 4
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("route", ["gpu", "cpu"])
+def test_dali_gpu_routes_skip_or_name_a_video_damaged_after_the_probe(nvdec_clip_videos, tmp_path, route):
+    """On a GPU, NVDEC (route gpu, VP9) and CPU decoding by PyAV with GPU augmentation (route cpu,
+    H.264, 2 workers) skip or name a video that fails when decoded, as the CPU routes do."""
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data.loaders import DALILoader, nvdec_available
+    from stadapter_fast.train import build_parser
+
+    if route == "gpu" and not nvdec_available():
+        pytest.skip("no NVDEC here (libnvcuvid.so.1 does not load)")
+
+    def build(items, on_bad):
+        a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "160", "--batch-size", "2",
+                                       "--dali-decoder", route, "--workers", "2", "--on-bad-video", on_bad])
+        return DALILoader(items, a, True, torch.device("cuda", 0), 0, 1)
+
+    _damaged_after_the_probe(nvdec_clip_videos["vp9" if route == "gpu" else "h264"], tmp_path, build, victim=2)
+
+
 @pytest.mark.parametrize("device,pinned", [("cpu", False), ("cuda", True)])
 def test_pyav_batches_are_pinned_for_a_cuda_loop(clip_videos, device, pinned):
     """make_loaders asks the PyAV DataLoaders for page-locked batches when training on CUDA (an
@@ -425,12 +446,86 @@ def test_dali_pyav_source_decodes_in_workers(clip_videos, tmp_path, train):
     next(batches)
     batches.close()  # a loop that stops early
     assert workers_now() == 0
+    # an epoch stopped by an error: test_dali_skips_or_names_a_video_damaged_after_the_probe
 
-    Path(items[1].path).write_text("damaged after the probe")  # probed as good, fails when decoded
-    for dl in (inline, pooled):
-        with pytest.raises(VideoDecodeError, match=rf"^{re.escape(items[1].path)}: cannot decode video"):
-            list(dl)
-        assert workers_now() == 0
+
+def _damaged_after_the_probe(items, tmp_path, build, victim, workers=0):
+    """The DALI loaders ``build(items, on_bad_video)`` makes, over copies of ``items`` in ``tmp_path``,
+    probe every file as good; then the video at plan position ``victim`` is overwritten. ``skip``: two
+    passes over the epoch give the undamaged run's batches bit for bit less that one row, its path
+    reported once, in its own batch. ``fail``: a VideoDecodeError naming it. Either way the decoding
+    workers exit."""
+    import multiprocessing as mp
+    import shutil
+
+    from stadapter_fast.data.lists import VideoItem
+
+    items = [VideoItem(shutil.copy(it.path, str(tmp_path / Path(it.path).name)), it.label) for it in items]
+    before = set(mp.active_children())
+    clean, skip, fail = build(items, "skip"), build(items, "skip"), build(items, "fail")
+    want = list(clean)
+    B, plan = skip.batch_size, skip.plan()
+    path = items[plan[victim][0]].path
+    assert plan.count(plan[victim]) == 1 and len(want) == len(skip) >= 2
+    Path(path).write_text("damaged after the probe")
+    for _ in range(2):  # the second pass: decoder mode feeds the stand-in from the start
+        got = list(skip)
+        assert len(got) == len(want)
+        for b, ((x, y, bad), (u, v, _)) in enumerate(zip(got, want)):
+            keep = [k for k in range(len(v)) if b * B + k != victim]
+            assert bad == ([path] if b == victim // B else [])
+            assert torch.equal(y, v[keep]) and torch.equal(x, u[keep])
+    with pytest.raises(VideoDecodeError, match=rf"^{re.escape(path)}: cannot decode video"):
+        list(fail)
+    assert len(set(mp.active_children()) - before) == 0
+
+
+@pytest.mark.parametrize("train,victim", [(True, 1), (True, 2), (False, 0)],
+                         ids=["train-first-batch", "train-second-batch", "test-2x3-padded"])
+@pytest.mark.parametrize("route", ["decoder", "pyav-inline", "pyav-workers"])
+def test_dali_skips_or_names_a_video_damaged_after_the_probe(clip_videos, tmp_path, route, train, victim):
+    """--on-bad-video holds for a video that passes the probe and fails when decoded, on every CPU
+    route: DALI's own decoder (VP9; its error names no file, so the loader finds it with PyAV and
+    goes on in a new pipeline), and PyAV in the source callback or in 2 worker processes (H.264). A
+    victim in the first batch fails while DALI's iterator is built; in testing the first video also
+    pads the last batch, and is still reported once."""
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data.loaders import DALILoader
+    from stadapter_fast.train import build_parser
+
+    workers = "2" if route == "pyav-workers" else "0"
+    kind = "dali-cpu-decoder" if route == "decoder" else "dali-cpu-pyav-source"
+
+    def build(items, on_bad):
+        views = [] if train else ["--test-temporal-views", "2", "--test-spatial-views", "3"]
+        a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2",
+                                       "--seed", "7", "--workers", workers, "--on-bad-video", on_bad, *views])
+        dl = DALILoader(items, a, train, torch.device("cpu"), 0, 1)
+        assert dl.kind == kind
+        return dl
+
+    _damaged_after_the_probe(clip_videos["vp9" if route == "decoder" else "h264"], tmp_path, build, victim)
+
+
+def test_dali_decoder_failure_no_file_explains_is_raised_with_the_batch(clip_videos, tmp_path, monkeypatch):
+    """When DALI's decoder fails on a batch whose files PyAV all decodes in full, DALI's error is
+    raised with the batch's files named, not hidden by a skip."""
+    pytest.importorskip("nvidia.dali")
+    import shutil
+
+    from stadapter_fast.data import loaders
+    from stadapter_fast.data.lists import VideoItem
+    from stadapter_fast.train import build_parser
+
+    items = [VideoItem(shutil.copy(it.path, str(tmp_path / Path(it.path).name)), it.label)
+             for it in clip_videos["vp9"]]
+    a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2"])
+    dl = loaders.DALILoader(items, a, True, torch.device("cpu"), 0, 1)
+    first = [items[i].path for i, _ in dl.plan()[:2]]
+    Path(first[1]).write_text("damaged after the probe")
+    monkeypatch.setattr(loaders, "decode_video", lambda path: np.zeros((64, 8, 8, 3), np.uint8))
+    with pytest.raises(RuntimeError, match=re.escape(f"the batch of {first[0]}, {first[1]}, and PyAV decodes")):
+        list(dl)
 
 
 @pytest.mark.parametrize("loader", ["pyav", "dali"])

@@ -415,10 +415,12 @@ def evaluate(model, loader, device, amp_dtype) -> dict:
         correct5 += (top == labels[:, None]).any(-1).sum().item()
         n += len(labels)
     model.train()
-    counts = torch.tensor([correct1, correct5, n, len(bad)], dtype=torch.float64, device=device)
+    counts = torch.tensor([correct1, correct5, n], dtype=torch.float64, device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)  # each rank saw its shard: report the whole val set
-    correct1, correct5, n, nbad = (int(v) for v in counts.tolist())
+    correct1, correct5, n = (int(v) for v in counts.tolist())
+    bad = report_bad_videos("validation", bad)
+    nbad = len(bad)
     return {"val_top1": correct1 / max(n, 1), "val_top5": correct5 / max(n, 1), "val_clips": n, "val_bad": nbad}
 
 
@@ -576,6 +578,29 @@ def _update(tr: Trainer, epoch: int) -> None:
         tr.counts["amp_skipped_steps"] += 1
 
 
+def report_bad_videos(what: str, paths: list) -> list:
+    """Every rank's bad video paths of an epoch's ``what`` ("training", "validation"), gathered under
+    DDP (each rank reads its own shard), and printed by rank 0, the first five named."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if dist:
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, list(paths))
+        paths = [p for rank_paths in every for p in rank_paths]
+    if paths and (not dist or torch.distributed.get_rank() == 0):
+        print(f"{what}: skipped {len(paths)} bad video(s): " + ", ".join(paths[:5])
+              + (" ..." if len(paths) > 5 else ""), flush=True)
+    return paths
+
+
+def _stand_in_batch(args, device: torch.device) -> tuple:
+    """A one-clip batch of zeros: what a DDP rank whose whole batch was bad steps on, with its loss
+    weighted 0, so that it still takes part in the step's all-reduces (the loss check's, the
+    gradients') and no rank waits forever. The step's gradient is then the other ranks' sum over
+    the world size."""
+    T, S = args.frames, args.image_size
+    return torch.zeros(1, 3, T, S, S, device=device), torch.zeros(1, dtype=torch.long, device=device)
+
+
 def _finite_everywhere(tr: Trainer, loss_value: float) -> bool:
     """Whether the loss is finite on every rank: under DDP all ranks must skip (or stop) together, or
     the gradient all-reduce hangs."""
@@ -625,10 +650,15 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
                leave=False)
     for clips, labels, bad_paths in bar:
         bad += bad_paths
-        if clips is None:
-            continue
+        stand_in = clips is None  # every video of the batch was bad
+        if stand_in:
+            if tr.world == 1:
+                continue
+            clips, labels = _stand_in_batch(args, device)  # DDP: every rank takes the step
         clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = forward_loss(tr.ddp_model, clips, labels, tr.amp_dtype, args.grad_accum)
+        if stand_in:
+            loss = loss * 0.0
         loss_value = loss.item() * args.grad_accum
         if not _finite_everywhere(tr, loss_value):
             _nonfinite(tr, f"non-finite training loss ({loss_value} on this rank)" if tr.world > 1 else
@@ -639,9 +669,10 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         if pending == args.grad_accum:
             _update(tr, epoch)
             pending = 0
-        losses.append(loss_value)
-        n_clips += len(labels)
-        stamps.append((time.perf_counter(), n_clips))
+        if not stand_in:
+            losses.append(loss_value)
+            n_clips += len(labels)
+            stamps.append((time.perf_counter(), n_clips))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
         if tr.max_steps_reached():
             stopped = True
@@ -649,9 +680,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     if pending:  # micro-batches left over from an incomplete accumulation: step on them too
         _update(tr, epoch)
     dt = time.time() - t0
-    if bad and tr.rank == 0:
-        print(f"epoch {epoch + 1}: skipped {len(bad)} bad video(s): " + ", ".join(bad[:5])
-              + (" ..." if len(bad) > 5 else ""))
+    bad = report_bad_videos(f"epoch {epoch + 1} training", bad)
     steady = steady_clips_per_s(stamps, tr.train_loader.batches_per_wave)
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9),

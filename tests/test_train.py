@@ -343,3 +343,81 @@ def test_hf_backbone_trains(data, tmp_path, method, backbone):
     meta = read_adapter_metadata(tmp_path / "adapters.safetensors")
     assert meta["backbone"]["kind"] == "hf" and meta["backbone"]["grid"] == [4, 4]
     assert meta["backbone"]["num_prefix_tokens"] == (3 if method == "st-adapter" else 0)
+
+
+def _cut_short_faststart_mp4(path):
+    """An H.264 MP4 with its index first (faststart), cut at half its bytes, as an interrupted
+    download leaves one: the probe reads 16 frames off the index; decoding fails."""
+    import av
+    import numpy as np
+
+    from stadapter_fast.data.synthetic import make_clip
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for f in make_clip(0, np.random.default_rng(0), frames=16, size=32):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, tmp_path, capfd):
+    """stadapter-train under DDP (2 ranks, gloo, CPU), 1 clip per rank per step, the list holding an
+    MP4 that passes the probe and fails when decoded. The rank whose batch is that video takes the
+    step on a zero-weighted stand-in (a rank that skipped it would leave the other waiting in the
+    all-reduce for ever, or pair the wrong all-reduces); both ranks end with the same weights, and
+    rank 0 names the video, which the other rank met."""
+    import multiprocessing as mp
+    import queue as queues
+    import socket
+    import time
+
+    lines = (data / "train.txt").read_text().splitlines()[:7]
+    bad = _cut_short_faststart_mp4(tmp_path / "cut.mp4")
+    (tmp_path / "train.txt").write_text("\n".join(lines + [f"{bad} 1"]) + "\n")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    argv = args(data, tmp_path / "run", "--loader", "pyav", "--epochs", "1", "--batch-size", "1", "--seed", "3")
+    argv[argv.index("--train-list") + 1] = str(tmp_path / "train.txt")
+    from stadapter_fast.data import read_video_list
+    from stadapter_fast.data.sampling import epoch_order
+
+    items = read_video_list(tmp_path / "train.txt", root=data)
+    shards = [[items[i].path for i in epoch_order(8, 3, 0, True, r, 2)] for r in (0, 1)]
+    assert str(bad) in shards[1]  # the seed puts it on rank 1: rank 0 must hear of it
+    from tests._ddp import ddp_rank
+
+    ctx = mp.get_context("spawn")  # fork: a parent with threads running (DALI, OpenMP) may hang the child
+    q = ctx.Queue()
+    procs = [ctx.Process(target=ddp_rank, args=(r, port, argv, q)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got, deadline = {}, time.monotonic() + 150
+    try:
+        while len(got) < 2:
+            try:
+                r, s, w = q.get(timeout=1)
+                got[r] = (s, w)
+            except queues.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    pytest.fail(f"DDP ranks: exit codes {[p.exitcode for p in procs]}, results from {sorted(got)} "
+                                "(a rank that neither ends nor fails waits in a collective)")
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    for r in (0, 1):
+        assert isinstance(got[r][0], dict), f"rank {r}: {got[r][0]}"
+    (s0, w0), (s1, w1) = got[0], got[1]
+    assert s0["steps"] == s1["steps"] == 4 and w0.keys() == w1.keys() and len(w0) > 0
+    for n in w0:
+        assert (w0[n] == w1[n]).all(), n
+    rec = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rec[-1]["train_bad"] == 1 and rec[-1]["val_clips"] == 8
+    assert f"epoch 1 training: skipped 1 bad video(s): {bad}" in capfd.readouterr().out

@@ -673,7 +673,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
             losses.append(loss_value)
             n_clips += len(labels)
             stamps.append((time.perf_counter(), n_clips))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
         if tr.max_steps_reached():
             stopped = True
             break

@@ -78,13 +78,15 @@ def force_one_config(nodeid: str, monkeypatch) -> None:
 
 
 # Property-based tests (tests/test_properties.py): a fixed seed and bounded examples in CI; the "slow"
-# profile (--hypothesis-profile=slow) runs many more before a kernel change.
+# profile (--hypothesis-profile=slow) runs many more before a kernel change; "compat", the CI row of
+# the oldest versions, the first third of "ci"'s (the same seed: the same examples, fewer).
 try:
     from hypothesis import HealthCheck, settings
 
     _common = dict(derandomize=True, deadline=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     settings.register_profile("ci", **_common, max_examples=36)
+    settings.register_profile("compat", **_common, max_examples=12)
     settings.register_profile("slow", **dict(_common, derandomize=False), max_examples=1000)
     settings.load_profile("ci")
 except ImportError:

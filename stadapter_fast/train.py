@@ -601,15 +601,16 @@ def _stand_in_batch(args, device: torch.device) -> tuple:
     return torch.zeros(1, 3, T, S, S, device=device), torch.zeros(1, dtype=torch.long, device=device)
 
 
-def _finite_everywhere(tr: Trainer, loss_value: float) -> bool:
-    """Whether the loss is finite on every rank: under DDP all ranks must skip (or stop) together, or
-    the gradient all-reduce hangs."""
+def _finite_everywhere(tr: Trainer, loss_value: float, has_data: bool = True) -> tuple[bool, bool]:
+    """``(the loss is finite on every rank, some rank has clips)``, in one all-reduce under DDP: all
+    ranks must skip (or stop) together, or the gradient all-reduce hangs. A step where no rank has
+    clips (every rank on a stand-in) is skipped by all, as one process skips an empty batch."""
     finite = math.isfinite(loss_value)
     if tr.world > 1:
-        flag = torch.tensor([float(finite)], device=tr.device)
+        flag = torch.tensor([float(finite), -float(has_data)], device=tr.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        finite = bool(flag.item())
-    return finite
+        finite, has_data = bool(flag[0].item()), bool(flag[1].item() < 0)
+    return finite, has_data
 
 
 def steady_clips_per_s(stamps: list, wave: int = 1) -> Optional[float]:
@@ -660,7 +661,10 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         if stand_in:
             loss = loss * 0.0
         loss_value = loss.item() * args.grad_accum
-        if not _finite_everywhere(tr, loss_value):
+        finite, any_clips = _finite_everywhere(tr, loss_value, not stand_in)
+        if not any_clips:
+            continue  # every rank on a stand-in: no update of zero gradients (AdamW would still move)
+        if not finite:
             _nonfinite(tr, f"non-finite training loss ({loss_value} on this rank)" if tr.world > 1 else
                        f"non-finite training loss ({loss_value})", epoch)
             continue  # this micro-batch adds nothing to the pending accumulation

@@ -1,5 +1,6 @@
 """The training CLI: a 2-step run writes its outputs; resume continues exactly; both loaders run."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,31 +366,35 @@ def _cut_short_faststart_mp4(path):
 
 
 def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, tmp_path, capfd):
-    """stadapter-train under DDP (2 ranks, gloo, CPU), 1 clip per rank per step, the list holding an
-    MP4 that passes the probe and fails when decoded. The rank whose (first) batch is that video takes
-    the step on a zero-weighted stand-in (a rank that skipped it would leave the other waiting in the
-    all-reduce for ever, or pair the wrong all-reduces); both ranks end with the same weights, and
-    rank 0 names the video, which the other rank met."""
+    """stadapter-train under DDP (2 ranks, gloo, CPU), 1 clip per rank per step, the list holding 3
+    MP4s that pass the probe and fail when decoded. At step 1 only rank 1's clip is bad: it takes the
+    step on a zero-weighted stand-in (a rank that skipped it would leave the other waiting in the
+    all-reduce for ever, or pair the wrong all-reduces). At step 4 both are: both skip it, no update.
+    Both ranks end with the same weights, and rank 0 names the 3 videos, 2 of which rank 1 met."""
     import multiprocessing as mp
     import queue as queues
     import socket
     import time
 
+    import shutil
+
     lines = (data / "train.txt").read_text().splitlines()[:7]
-    bad = _cut_short_faststart_mp4(tmp_path / "cut.mp4")
-    (tmp_path / "train.txt").write_text("\n".join(lines + [f"{bad} 1"]) + "\n")
+    bad = [_cut_short_faststart_mp4(tmp_path / "cut0.mp4")]
+    bad += [Path(shutil.copy(bad[0], tmp_path / f"cut{k}.mp4")) for k in (1, 2)]
+    (tmp_path / "train.txt").write_text("\n".join(lines + [f"{b} 1" for b in bad]) + "\n")
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    argv = args(data, tmp_path / "run", "--loader", "pyav", "--epochs", "1", "--batch-size", "1", "--seed", "10")
+    argv = args(data, tmp_path / "run", "--loader", "pyav", "--epochs", "1", "--batch-size", "1", "--seed", "51")
     argv[argv.index("--train-list") + 1] = str(tmp_path / "train.txt")
     from stadapter_fast.data import read_video_list
     from stadapter_fast.data.sampling import epoch_order
 
     items = read_video_list(tmp_path / "train.txt", root=data)
-    shards = [[items[i].path for i in epoch_order(8, 10, 0, True, r, 2)] for r in (0, 1)]
-    # the seed puts it first on rank 1: a step with no loss before it, and rank 0 must hear of it
-    assert shards[1][0] == str(bad)
+    shards = [[items[i].path in map(str, bad) for i in epoch_order(10, 51, 0, True, r, 2)] for r in (0, 1)]
+    # the seed puts a bad video first on rank 1 only (a step with no loss before it on that rank; rank 0
+    # must hear of it) and bad videos at step 4 on both ranks
+    assert shards == [[False, False, False, True, False], [True, False, False, True, False]]
     from tests._ddp import ddp_rank
 
     ctx = mp.get_context("spawn")  # fork: a parent with threads running (DALI, OpenMP) may hang the child
@@ -415,9 +420,10 @@ def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, t
                 p.kill()
     assert all(isinstance(got[r][0], dict) for r in (0, 1)), {r: got[r][0] for r in (0, 1)}
     (s0, w0), (s1, w1) = got[0], got[1]
-    assert s0["steps"] == s1["steps"] == 4 and w0.keys() == w1.keys() and len(w0) > 0
+    assert s0["steps"] == s1["steps"] == 4 and w0.keys() == w1.keys() and len(w0) > 0  # 5 steps, 1 skipped
     for n in w0:
         assert (w0[n] == w1[n]).all(), n
     rec = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rec[-1]["train_bad"] == 1 and rec[-1]["val_clips"] == 8
-    assert f"epoch 1 training: skipped 1 bad video(s): {bad}" in capfd.readouterr().out
+    assert rec[-1]["train_bad"] == 3 and rec[-1]["val_clips"] == 8
+    out = capfd.readouterr().out
+    assert "epoch 1 training: skipped 3 bad video(s): " in out and all(str(b) in out for b in bad)

@@ -195,12 +195,20 @@ class DALILoader:
         self.on_error = args.on_bad_video
         self.broken: dict[int, str] = {}  # decoder mode: item index -> why DALI's decoder failed on it
         self._skipped: list[tuple[int, str]] = []  # (plan position, path) of the stand-ins fed, to report
-        self._lock = threading.Lock()  # _skipped: appended by DALI's thread, read by the iterating one
+        self._lock = threading.Lock()  # _skipped: appended by the source, read by _batches
         self.device_id = None
         if self.gpu:
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
 
     batches_per_wave = 1  # DALI's threads share each batch: batches arrive one by one
+
+    def __getstate__(self) -> dict:
+        """What a decoding worker gets (``_EpochSamples`` carries the loader where workers are spawned,
+        not forked): no lock, and no epoch bookkeeping of the iterating process."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_skipped")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _skipped=[])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -367,7 +375,7 @@ class DALILoader:
                     done += 1
                 return
             except RuntimeError as e:  # DALI's "Critical error in pipeline" (its first batch: at construction)
-                if self.mode != "decoder" or isinstance(e, VideoDecodeError):
+                if self.mode != "decoder" or not _video_decoder_failed(e):
                     raise
                 known = len(self.broken)
                 self._find_broken(plan, done, e)
@@ -398,7 +406,7 @@ class DALILoader:
             for i in batch:
                 path = self.items[i].path
                 try:
-                    n, why = len(decode_video(path)), None
+                    n, why = decodable_frames(path), None
                 except VideoDecodeError as e:
                     n, why = 0, str(e).removeprefix(f"{path}: ")
                 if why is not None or n < self.info[i].frames:
@@ -435,6 +443,25 @@ class DALILoader:
             if not bool(keep.all()):
                 video, label = video[keep], label[keep]
             yield video, label, bad
+
+
+def _video_decoder_failed(error: Exception) -> bool:
+    """Whether ``error`` is a DALI pipeline error raised by its video decoder (what a damaged file
+    causes), not e.g. running out of memory or an error of the loader's own code."""
+    return (not isinstance(error, (VideoDecodeError, torch.OutOfMemoryError))
+            and "Critical error in pipeline" in str(error) and "decoders.video" in str(error))
+
+
+def decodable_frames(path: str) -> int:
+    """How many frames of ``path`` PyAV decodes (none kept: no RGB conversion, no memory held);
+    :class:`VideoDecodeError` naming the file if it cannot."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            return sum(1 for _ in c.decode(video=0))
+    except Exception as e:  # av.error.*, OSError, ...
+        raise VideoDecodeError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
 
 
 class _EpochSamples(torch.utils.data.Dataset):

@@ -449,7 +449,7 @@ def test_dali_pyav_source_decodes_in_workers(clip_videos, tmp_path, train):
     # an epoch stopped by an error: test_dali_skips_or_names_a_video_damaged_after_the_probe
 
 
-def _damaged_after_the_probe(items, tmp_path, build, victim, workers=0):
+def _damaged_after_the_probe(items, tmp_path, build, victim):
     """The DALI loaders ``build(items, on_bad_video)`` makes, over copies of ``items`` in ``tmp_path``,
     probe every file as good; then the video at plan position ``victim`` is overwritten. ``skip``: two
     passes over the epoch give the undamaged run's batches bit for bit less that one row, its path
@@ -523,9 +523,45 @@ def test_dali_decoder_failure_no_file_explains_is_raised_with_the_batch(clip_vid
     dl = loaders.DALILoader(items, a, True, torch.device("cpu"), 0, 1)
     first = [items[i].path for i, _ in dl.plan()[:2]]
     Path(first[1]).write_text("damaged after the probe")
-    monkeypatch.setattr(loaders, "decode_video", lambda path: np.zeros((64, 8, 8, 3), np.uint8))
+    monkeypatch.setattr(loaders, "decodable_frames", lambda path: 64)
     with pytest.raises(RuntimeError, match=re.escape(f"the batch of {first[0]}, {first[1]}, and PyAV decodes")):
         list(dl)
+
+
+def test_dali_loader_errors_other_than_its_decoders_are_not_taken_for_a_bad_video(clip_videos, monkeypatch):
+    """An error of the pipeline that is not its video decoder's (here: out of memory while batching)
+    propagates as it came: no video is marked broken, none decoded to look for one."""
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data import loaders
+    from stadapter_fast.train import build_parser
+
+    a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2"])
+    dl = loaders.DALILoader(clip_videos["vp9"], a, True, torch.device("cpu"), 0, 1)
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("Critical error in pipeline: nvidia.dali.fn.decoders.video out of memory")
+
+    monkeypatch.setattr(dl, "_batches", oom)
+    monkeypatch.setattr(loaders, "decodable_frames", lambda path: pytest.fail("a video was decoded to look for"))
+    with pytest.raises(torch.OutOfMemoryError):
+        list(dl)
+    assert dl.broken == {}
+
+
+def test_dali_loader_pickles_for_spawned_workers(clip_videos):
+    """PyAV mode's decoding workers get the loader inside _EpochSamples: where workers are spawned
+    (macOS, Python >= 3.14's default on Linux) it is pickled, lock and all."""
+    import pickle
+
+    pytest.importorskip("nvidia.dali")
+    from stadapter_fast.data.loaders import DALILoader, _EpochSamples
+    from stadapter_fast.train import build_parser
+
+    a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2"])
+    dl = DALILoader(clip_videos["h264"], a, True, torch.device("cpu"), 0, 1)
+    back = pickle.loads(pickle.dumps(_EpochSamples(dl, dl.plan(), 0)))
+    k, sample = back[1]
+    assert k == 1 and all(np.array_equal(x, y) for x, y in zip(sample, dl._sample(*dl.plan()[1], 0)))
 
 
 @pytest.mark.parametrize("loader", ["pyav", "dali"])

@@ -373,10 +373,9 @@ def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, t
     Both ranks end with the same weights, and rank 0 names the 3 videos, 2 of which rank 1 met."""
     import multiprocessing as mp
     import queue as queues
+    import shutil
     import socket
     import time
-
-    import shutil
 
     lines = (data / "train.txt").read_text().splitlines()[:7]
     bad = [_cut_short_faststart_mp4(tmp_path / "cut0.mp4")]

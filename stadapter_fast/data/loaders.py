@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from .lists import VideoItem
-from .pyav_loader import CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, decode_video, make_pyav_loader
+from .pyav_loader import (CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, decodable_frames, decode_video,
+                          make_pyav_loader)
 from .sampling import ClipSampling, clip_views, epoch_order, sample_rng
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
@@ -258,12 +259,16 @@ class DALILoader:
         return (*data, np.array(nh, dtype=np.float32), np.array(nw, dtype=np.float32),
                 np.array(int(flip), dtype=np.int32), *starts, np.array([label], dtype=np.int32))
 
+    def _spare(self):
+        """Decoder mode: the video whose sample stands in for a broken one (the pool's first not known
+        to be broken; DALI decodes whatever is fed), or None."""
+        return next((i for i in self.pool if i not in self.broken), None)
+
     def _stand_in(self, epoch: int):
         """The pipeline inputs fed in place of a bad video: a sample of label -1, which ``_batches``
-        drops. PyAV mode: black frames; decoder mode: a video of the pool not known to be broken (DALI
-        decodes whatever is fed)."""
+        drops. PyAV mode: black frames; decoder mode: the sample of :meth:`_spare`."""
         if self.mode == "decoder":
-            spare = next((i for i in self.pool if i not in self.broken), None)
+            spare = self._spare()
             if spare is None:
                 raise VideoDecodeError("DALI loader: every video of the list failed to decode: "
                                        + ", ".join(self.items[i].path for i in list(self.broken)[:5]))
@@ -381,8 +386,8 @@ class DALILoader:
                 self._find_broken(plan, done, e)
                 if len(self.broken) == known:  # cannot happen (a broken video is never fed): never loop on it
                     raise
-                with self._lock:  # the stand-ins of the batches to come are fed (and recorded) again
-                    self._skipped = [(pos, path) for pos, path in self._skipped if pos < done * self.batch_size]
+                with self._lock:  # all left is read-ahead of batches >= done, which the new pipeline feeds again
+                    self._skipped = []
             finally:  # the workers exit with the epoch, also one stopped early or by an error
                 getattr(decoded, "_shutdown_workers", lambda: None)()
 
@@ -396,8 +401,8 @@ class DALILoader:
         for b in range(done, min(done + 3, math.ceil(len(plan) / B))):  # prefetch_queue_depth 2
             batch = []
             for index, _ in plan[b * B:(b + 1) * B]:
-                if index in self.broken:
-                    index = next((i for i in self.pool if i not in self.broken), index)  # the stand-in's
+                if index in self.broken and self._spare() is not None:  # None: _stand_in raised
+                    index = self._spare()  # the stand-in's video
                 if index not in batch:
                     batch.append(index)
             fed.append(batch)
@@ -450,18 +455,6 @@ def _video_decoder_failed(error: Exception) -> bool:
     causes), not e.g. running out of memory or an error of the loader's own code."""
     return (not isinstance(error, (VideoDecodeError, torch.OutOfMemoryError))
             and "Critical error in pipeline" in str(error) and "decoders.video" in str(error))
-
-
-def decodable_frames(path: str) -> int:
-    """How many frames of ``path`` PyAV decodes (none kept: no RGB conversion, no memory held);
-    :class:`VideoDecodeError` naming the file if it cannot."""
-    import av
-
-    try:
-        with av.open(path) as c:
-            return sum(1 for _ in c.decode(video=0))
-    except Exception as e:  # av.error.*, OSError, ...
-        raise VideoDecodeError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
 
 
 class _EpochSamples(torch.utils.data.Dataset):

@@ -2,6 +2,7 @@
 clip sampling and augmentation in PyTorch."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,18 +20,32 @@ class VideoDecodeError(RuntimeError):
     """A video that cannot be used: unreadable, truncated or too short. The message names the file."""
 
 
-def decode_video(path: str) -> np.ndarray:
-    """All frames of ``path`` as uint8 [N, H, W, 3]."""
+@contextmanager
+def _decoding(path: str):
+    """PyAV's decoded frames of ``path`` (an iterator); whatever PyAV raises, opening or decoding,
+    becomes a :class:`VideoDecodeError` naming the file."""
     import av
 
     try:
         with av.open(path) as c:
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            yield c.decode(video=0)
     except Exception as e:  # av.error.*, OSError, ...
         raise VideoDecodeError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+
+
+def decode_video(path: str) -> np.ndarray:
+    """All frames of ``path`` as uint8 [N, H, W, 3]."""
+    with _decoding(path) as decoded:
+        frames = [f.to_ndarray(format="rgb24") for f in decoded]
     if not frames:
         raise VideoDecodeError(f"{path}: no decodable video frames")
     return np.stack(frames)
+
+
+def decodable_frames(path: str) -> int:
+    """How many frames of ``path`` PyAV decodes (none kept: no RGB conversion, no memory held)."""
+    with _decoding(path) as decoded:
+        return sum(1 for _ in decoded)
 
 
 def augment(clip: torch.Tensor, view: ClipView, size: int) -> torch.Tensor:

@@ -449,6 +449,15 @@ def test_dali_pyav_source_decodes_in_workers(clip_videos, tmp_path, train):
     # an epoch stopped by an error: test_dali_skips_or_names_a_video_damaged_after_the_probe
 
 
+def _copies(items, root):
+    """The videos of ``items`` copied into ``root`` (a test may damage them; the fixtures are shared)."""
+    import shutil
+
+    from stadapter_fast.data.lists import VideoItem
+
+    return [VideoItem(shutil.copy(it.path, str(Path(root) / Path(it.path).name)), it.label) for it in items]
+
+
 def _damaged_after_the_probe(items, tmp_path, build, victim):
     """The DALI loaders ``build(items, on_bad_video)`` makes, over copies of ``items`` in ``tmp_path``,
     probe every file as good; then the video at plan position ``victim`` is overwritten. ``skip``: two
@@ -456,11 +465,8 @@ def _damaged_after_the_probe(items, tmp_path, build, victim):
     reported once, in its own batch. ``fail``: a VideoDecodeError naming it. Either way the decoding
     workers exit."""
     import multiprocessing as mp
-    import shutil
 
-    from stadapter_fast.data.lists import VideoItem
-
-    items = [VideoItem(shutil.copy(it.path, str(tmp_path / Path(it.path).name)), it.label) for it in items]
+    items = _copies(items, tmp_path)
     before = set(mp.active_children())
     clean, skip, fail = build(items, "skip"), build(items, "skip"), build(items, "fail")
     want = list(clean)
@@ -511,14 +517,10 @@ def test_dali_decoder_failure_no_file_explains_is_raised_with_the_batch(clip_vid
     """When DALI's decoder fails on a batch whose files PyAV all decodes in full, DALI's error is
     raised with the batch's files named, not hidden by a skip."""
     pytest.importorskip("nvidia.dali")
-    import shutil
-
     from stadapter_fast.data import loaders
-    from stadapter_fast.data.lists import VideoItem
     from stadapter_fast.train import build_parser
 
-    items = [VideoItem(shutil.copy(it.path, str(tmp_path / Path(it.path).name)), it.label)
-             for it in clip_videos["vp9"]]
+    items = _copies(clip_videos["vp9"], tmp_path)
     a = build_parser().parse_args(["--frames", "4", "--stride", "3", "--image-size", "40", "--batch-size", "2"])
     dl = loaders.DALILoader(items, a, True, torch.device("cpu"), 0, 1)
     first = [items[i].path for i, _ in dl.plan()[:2]]

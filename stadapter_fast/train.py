@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-list", default=None, help="'path label' lines, or a folder-per-class directory; default: "
                    "DATA_ROOT/train.txt (the synthetic dataset is created there if DATA_ROOT is the default and missing)")
     d.add_argument("--val-list", default=None, help="list file or folder-per-class directory; default: DATA_ROOT/val.txt")
-    d.add_argument("--num-classes", type=int, default=None, help="default: from classes.txt or the max label + 1")
+    d.add_argument("--num-classes", type=_POSITIVE, default=None,
+                   help="default: the number of class folders (a folder-per-class --train-list), of names in "
+                        "DATA_ROOT/classes.txt, or the largest training label + 1")
     d.add_argument("--loader", choices=["auto", "dali", "pyav"], default="auto",
                    help="auto: DALI if installed, else the PyAV DataLoader")
     d.add_argument("--dali-decoder", choices=["auto", "gpu", "cpu"], default="auto",
@@ -144,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="fp16 uses a GradScaler")
     o.add_argument("--backbone-dtype", choices=["none", "fp16", "bf16"], default="none",
                    help="cast the frozen backbone (the release: fp16, with --amp fp16)")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke tests)")
+    o.add_argument("--max-steps", type=_POSITIVE, default=None, help="stop after this many optimizer steps (smoke tests)")
     r = ap.add_argument_group("run and checkpoints")
     r.add_argument("--out", default="runs/default", help="output folder (metrics, summary, last.pt, adapters)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    r.add_argument("--seed", type=int, default=0, help="model init, clip order, sampling and augmentation")
+    r.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="model init, clip order, sampling and augmentation")
     r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     r.add_argument("--val-every", type=_POSITIVE, default=1, help="validate every N epochs (and after the last)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -330,14 +332,40 @@ def _data_rng_problem(saved, epoch: int, data_seed: Optional[int]) -> Optional[s
     return None
 
 
-def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int] = None) -> Optional[str]:
-    """What makes ``ck`` unusable for ``model``/``opt`` (and a loader seeded with ``data_seed``), or None."""
+#: flags that make a run what it is: a resumed run must keep them. Some would be dropped without a
+#: word (--lr and --weight-decay: the optimizer and schedule state in last.pt hold the run's), the
+#: others would continue another model or recipe than the weights were trained in. The rest may
+#: change on --resume: paths, loaders and workers, memory options, evaluation and stopping, and the
+#: schedule's length (--epochs, --warmup-epochs: a longer run continues on the new schedule).
+RUN_FLAGS = ("method", "backbone", "pretrained", "backbone_kwargs", "backbone_dtype", "amp", "act", "kernel_size",
+             "adapter_channels", "layers", "positions", "dropout", "num_classes", "m_width", "m_levels", "m_fusion",
+             "frames", "sampling", "stride", "image_size", "no_flip", "batch_size", "grad_accum", "lr", "weight_decay")
+
+
+def _run_args_problem(saved, run_args: Optional[dict]) -> Optional[str]:
+    """The first of :data:`RUN_FLAGS` whose value in ``run_args`` (the resumed run's, as saved) is not
+    the one in ``saved`` (``last.pt``'s), or None."""
+    if run_args is None or not isinstance(saved, dict):
+        return None
+    for k in RUN_FLAGS:
+        if k in saved and saved[k] != run_args.get(k):
+            flag = "--" + k.replace("_", "-")
+            return (f"{flag}: the run in it was trained with {flag} {saved[k]!r}, got {run_args.get(k)!r}; resume "
+                    f"with the run's value, or start a new run in another --out")
+    return None
+
+
+def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int] = None,
+                        run_args: Optional[dict] = None) -> Optional[str]:
+    """What makes ``ck`` unusable for ``model``/``opt`` (and a loader seeded with ``data_seed``, and
+    a run of ``run_args``), or None."""
     if not isinstance(ck, dict):
         return f"holds a {type(ck).__name__}, not a checkpoint dict"
     for key, kind in _CHECKPOINT_KEYS.items():
         if not isinstance(ck.get(key), kind):
             return f"entry {key!r} is {type(ck.get(key)).__name__}, expected {kind.__name__}"
-    problem = _data_rng_problem(ck.get("data_rng"), ck["epoch"], data_seed)
+    problem = (_data_rng_problem(ck.get("data_rng"), ck["epoch"], data_seed)
+               or _run_args_problem(ck.get("args"), run_args))
     if problem:
         return problem
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -358,9 +386,10 @@ def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
-                    data_seed: Optional[int] = None) -> dict:
+                    data_seed: Optional[int] = None, run_args: Optional[dict] = None) -> dict:
     """Load ``last.pt`` for ``--resume``; ``data_seed`` (the loaders' ``--seed``) must be the one the
-    checkpointed run sampled its clips with. ``weights_only=True``: a hostile file cannot run code.
+    checkpointed run sampled its clips with, and ``run_args`` (:func:`plain_args` of the resumed run)
+    must hold its :data:`RUN_FLAGS`. ``weights_only=True``: a hostile file cannot run code.
     Every check comes before the first change, so a damaged file raises a ValueError naming it and
     the problem, and changes nothing."""
     if not path.exists():
@@ -373,7 +402,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). A last.pt that holds "
                          f"objects beyond tensors and plain types (e.g. numpy RNG state, as older versions wrote) "
                          f"is refused: start a new run") from e
-    problem = _checkpoint_problem(ck, model, opt, data_seed)
+    problem = _checkpoint_problem(ck, model, opt, data_seed, run_args)
     if problem:
         raise ValueError(f"--resume: {path}: {problem}; nothing was loaded")
     params = dict(model.named_parameters())
@@ -419,7 +448,7 @@ def evaluate(model, loader, device, amp_dtype) -> dict:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)  # each rank saw its shard: report the whole val set
     correct1, correct5, n = (int(v) for v in counts.tolist())
-    bad = report_bad_videos("validation", bad)
+    bad = report_bad_videos("validation", bad, loader.dropped)
     nbad = len(bad)
     return {"val_top1": correct1 / max(n, 1), "val_top5": correct5 / max(n, 1), "val_clips": n, "val_bad": nbad}
 
@@ -448,13 +477,14 @@ def _plot(metrics: list, path: Path) -> None:
     plt.close(fig)
 
 
-def _items(spec: Path, root: Path):
-    """(items, class names or None) from a list file or a folder-per-class directory."""
+def _items(spec: Path, root: Path, classes=None):
+    """(items, class names or None) from a list file or a folder-per-class directory (labelled by
+    ``classes`` when given)."""
     from .data import read_video_list
     from .data.lists import read_folder_per_class
 
     if spec.is_dir():
-        return read_folder_per_class(spec)
+        return read_folder_per_class(spec, classes)
     return read_video_list(spec, root), None
 
 
@@ -489,10 +519,27 @@ def load_datasets(args, rank: int, world: int):
             ensure_synthetic(root)
         if world > 1:
             torch.distributed.barrier()
-    train_items, classes = _items(Path(args.train_list or root / "train.txt"), root)
-    val_items, _ = _items(Path(args.val_list or root / "val.txt"), root)
-    classes = read_class_names(root / "classes.txt") or classes
-    num_classes = args.num_classes or (len(classes) if classes else max(i.label for i in train_items) + 1)
+    train_spec, val_spec = Path(args.train_list or root / "train.txt"), Path(args.val_list or root / "val.txt")
+    train_items, classes = _items(train_spec, root)
+    if classes is None:  # a list file: the names, if any, in DATA_ROOT/classes.txt
+        classes = read_class_names(root / "classes.txt")
+    if val_spec.is_dir() and classes is None:
+        raise ValueError(f"--val-list {val_spec} is a folder per class, but the training labels have no class "
+                         f"names to match its folders to: use a folder-per-class --train-list, or put the names, "
+                         f"one per line in label order, in {root / 'classes.txt'}")
+    val_items, _ = _items(val_spec, root, classes)
+    if args.num_classes:
+        num_classes, source = args.num_classes, "--num-classes"
+    elif classes:
+        num_classes = len(classes)
+        source = f"the class folders of {train_spec}" if train_spec.is_dir() else f"{root / 'classes.txt'}"
+    else:
+        num_classes, source = max(i.label for i in train_items) + 1, f"the largest label in {train_spec}, plus 1"
+    for spec, items in ((train_spec, train_items), (val_spec, val_items)):
+        over = [i for i in items if i.label >= num_classes]
+        if over:
+            raise ValueError(f"{spec}: label {over[0].label} of {over[0].path} (and {len(over) - 1} more) is out of "
+                             f"range for {num_classes} classes (from {source}); labels must be in [0, {num_classes})")
     return train_items, val_items, num_classes
 
 
@@ -545,7 +592,11 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.grad_accum))
+    if len(train_loader) == 0:  # training drops a last partial batch: this would train nothing and "succeed"
+        raise ValueError(f"--batch-size {args.batch_size}: the {len(train_loader.pool)} usable training videos over "
+                         f"{world} rank(s) fill no full batch; use a --batch-size of at most "
+                         f"{max(1, len(train_loader.pool) // world)}")
+    steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
     opt, sched, scaler = optimization(args, model, device, steps_per_epoch)
     return Trainer(args, model, ddp_model, train_loader, val_loader, loader_kind, opt, sched, scaler, device, out,
                    rank, world)
@@ -554,7 +605,7 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
 def resume(tr: Trainer) -> None:
     """Continue from ``last.pt``: weights, optimizer, schedule, scaler, RNG states, metrics."""
     ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler,
-                         data_seed=tr.train_loader.rng_state()["seed"])
+                         data_seed=tr.train_loader.rng_state()["seed"], run_args=plain_args(tr.args))
     tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
     tr.last_good = f"{tr.ckpt_path} (after epoch {tr.start_epoch}, step {tr.step})"
     if tr.rank == 0:
@@ -578,14 +629,16 @@ def _update(tr: Trainer, epoch: int) -> None:
         tr.counts["amp_skipped_steps"] += 1
 
 
-def report_bad_videos(what: str, paths: list) -> list:
+def report_bad_videos(what: str, paths: list, dropped: list = ()) -> list:
     """Every rank's bad video paths of an epoch's ``what`` ("training", "validation"), gathered under
-    DDP (each rank reads its own shard), and printed by rank 0, the first five named."""
+    DDP (each rank reads its own shard), then the loader's ``dropped`` (the videos its probe left out
+    of every epoch, the same list on every rank), and printed by rank 0, the first five named."""
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if dist:
         every = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(every, list(paths))
         paths = [p for rank_paths in every for p in rank_paths]
+    paths = list(paths) + list(dropped)
     if paths and (not dist or torch.distributed.get_rank() == 0):
         print(f"{what}: skipped {len(paths)} bad video(s): " + ", ".join(paths[:5])
               + (" ..." if len(paths) > 5 else ""), flush=True)
@@ -684,7 +737,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     if pending:  # micro-batches left over from an incomplete accumulation: step on them too
         _update(tr, epoch)
     dt = time.time() - t0
-    bad = report_bad_videos(f"epoch {epoch + 1} training", bad)
+    bad = report_bad_videos(f"epoch {epoch + 1} training", bad, tr.train_loader.dropped)
     steady = steady_clips_per_s(stamps, tr.train_loader.batches_per_wave)
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9),
@@ -692,14 +745,18 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     return rec, EpochStats(dt, n_clips * tr.world, stopped)
 
 
+def plain_args(args) -> dict:
+    """The run's flags as ``last.pt`` holds them: plain types (Paths as str)."""
+    return json.loads(json.dumps(vars(args), default=str))
+
+
 def save_checkpoint(tr: Trainer, epoch: int) -> None:
     """``last.pt`` (atomically; tensors and plain types only, so it loads with ``weights_only=True``),
     then ``metrics.jsonl`` rewritten from the records it holds."""
     trainable = {n: p.detach() for n, p in tr.model.named_parameters() if p.requires_grad}
-    plain_args = json.loads(json.dumps(vars(tr.args), default=str))  # Paths as str
     atomic_save({"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
                  "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
-                 "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args}, tr.ckpt_path)
+                 "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args(tr.args)}, tr.ckpt_path)
     tr.last_good = f"{tr.ckpt_path} (after epoch {epoch + 1}, step {tr.step})"
     _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
 

@@ -110,6 +110,9 @@ def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
     with pytest.raises(ValueError, match=r"--seed: the run in it sampled and augmented clips with --seed 3, got "
                                          r"--seed 4; resume with --seed 3"):
         main(args(data, tmp_path / "resumed", *common, "--epochs", "3", "--seed", "4", "--resume"))
+    # a new --lr would be dropped without a word (the optimizer and schedule state hold the run's)
+    with pytest.raises(ValueError, match=r"--lr: the run in it was trained with --lr 0.003, got 1e-06; resume with"):
+        main(args(data, tmp_path / "resumed", *common, "--epochs", "3", "--seed", "3", "--lr", "1e-6", "--resume"))
     assert (tmp_path / "resumed" / "last.pt").read_bytes() == ckpt
 
 
@@ -237,6 +240,65 @@ def test_folder_per_class_layout(data, tmp_path):
               "--val-list", str(tmp_path / "folders" / "val"), "--out", str(tmp_path / "run"), "--batch-size", "8",
               "--loader", "pyav", "--epochs", "1", "--quiet"])
     assert s["steps"] == 2 and read_adapter_metadata(tmp_path / "run" / "adapters.safetensors")["head"]["num_classes"] == 4
+
+
+def test_labels_agree_between_splits_and_fit_the_head(tmp_path):
+    """Validation labels are the training split's: a validation folder per class is labelled by the
+    training class folders (not its own, which may lack a class), and a label the head cannot hold is
+    a ValueError naming the list, not a silent miss (validation) or an opaque IndexError (training)."""
+    from stadapter_fast.train import build_parser, load_datasets
+
+    def folders(split, names):
+        for c in names:
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "v.webm").write_bytes(b"")
+        return str(tmp_path / split)
+
+    def load(*argv):
+        return load_datasets(build_parser().parse_args(["--data-root", str(tmp_path), *argv]), 0, 1)
+
+    train, val = folders("train", ["archery", "bowling", "cycling"]), folders("val", ["archery", "cycling"])
+    (tmp_path / "classes.txt").write_text("a\nb\nc\nd\n")  # for list files only: the folders name the classes
+    tr, va, n = load("--train-list", train, "--val-list", val)
+    assert n == 3 and [i.label for i in va] == [0, 2] and [i.label for i in tr] == [0, 1, 2]
+    (tmp_path / "list.txt").write_text("x.webm 0\ny.webm 1\n")
+    (tmp_path / "val4.txt").write_text("x.webm 4\n")
+    with pytest.raises(ValueError, match=r"val4.txt: label 4 of .*x.webm \(and 0 more\) is out of range for 4 classes "
+                                         r"\(from .*classes.txt\)"):
+        load("--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "val4.txt"))
+    with pytest.raises(ValueError, match=r"list.txt: label 1 .* out of range for 1 classes \(from --num-classes\)"):
+        load("--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"), "--num-classes", "1")
+    (tmp_path / "classes.txt").unlink()
+    _, _, n = load("--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"))
+    assert n == 2
+    with pytest.raises(ValueError, match=r"val4.txt: label 4 .* for 2 classes \(from the largest label in .*list.txt, plus 1\)"):
+        load("--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "val4.txt"))
+    with pytest.raises(ValueError, match=r"--val-list .*val is a folder per class, but the training labels have no class names"):
+        load("--train-list", str(tmp_path / "list.txt"), "--val-list", val)
+
+
+@pytest.mark.parametrize("loader", ["pyav", "dali"])
+def test_a_video_the_probe_drops_counts_in_val_bad_with_either_loader(data_vp9, tmp_path, loader):
+    """An unreadable validation video is one bad video with either loader: the PyAV loader meets it in
+    its batch, the DALI loader's probe leaves it out up front, and both count and name it."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+    (tmp_path / "broken.webm").write_bytes(b"not a video")
+    (tmp_path / "val.txt").write_text("".join(f"{data_vp9 / l}\n" for l in (data_vp9 / "val.txt").read_text().split("\n")[:3])
+                                      + f"{tmp_path / 'broken.webm'} 0\n")
+    argv = args(data_vp9, tmp_path / "run", "--loader", loader, "--epochs", "1", "--max-steps", "1")
+    argv[argv.index("--val-list") + 1] = str(tmp_path / "val.txt")
+    main(argv)
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["val_bad"] == 1 and rec["val_clips"] == 3
+
+
+def test_a_training_set_that_fills_no_batch_is_an_error(data, tmp_path):
+    """Training drops a last partial batch: 16 videos and --batch-size 17 would train 0 steps and
+    report success."""
+    with pytest.raises(ValueError, match=r"--batch-size 17: the 16 usable training videos over 1 rank\(s\) fill no "
+                                         r"full batch; use a --batch-size of at most 16"):
+        main(args(data, tmp_path, "--loader", "pyav", "--epochs", "1", "--batch-size", "17"))
 
 
 def test_ddp_shards_have_equal_training_lengths(data):

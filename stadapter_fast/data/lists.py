@@ -30,7 +30,7 @@ def read_video_list(list_file: Union[str, os.PathLike], root: Union[str, os.Path
                 continue
             parts = line.rsplit(None, 1)
             path, label = (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
-            if not path or not label.lstrip("-").isdigit() or int(label) < 0:
+            if not path or not (label.isascii() and label.isdigit()):
                 raise ValueError(f"{list_file}:{n}: expected 'relative/path label' with an int label >= 0, got {line!r}")
             items.append(VideoItem(str(root / path.strip()), int(label)))
     if not items:
@@ -38,15 +38,30 @@ def read_video_list(list_file: Union[str, os.PathLike], root: Union[str, os.Path
     return items
 
 
-def read_folder_per_class(root: Union[str, os.PathLike]) -> tuple[list[VideoItem], list[str]]:
-    """``root/<class>/<video>`` layout: classes sorted by name, label = index."""
+def read_folder_per_class(root: Union[str, os.PathLike],
+                          classes: Optional[list[str]] = None) -> tuple[list[VideoItem], list[str]]:
+    """``root/<class>/<video>`` layout. Without ``classes`` (a training split): the class folders sorted
+    by name, label = index; hidden folders (``.name``) are not classes, and a class folder with no video
+    raises (it would shift the labels after it). With ``classes`` (another split of the same data, e.g.
+    the training split's names): label = the folder's index in ``classes``; a folder not among them
+    raises, one with no video is allowed. Returns ``(items, classes)``."""
     root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    items = [VideoItem(str(p), i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-             if p.suffix.lower() in VIDEO_EXTS]
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    videos = {c: [p for p in sorted((root / c).iterdir()) if p.suffix.lower() in VIDEO_EXTS] for c in folders}
+    if classes is None:
+        classes = folders
+        empty = [c for c in folders if not videos[c]]
+        if empty:
+            raise ValueError(f"{root}: class folder(s) {empty} hold no video ({', '.join(VIDEO_EXTS)}); "
+                             f"every class folder needs one, or the labels of the classes after it shift")
+    unknown = [c for c in folders if c not in classes]
+    if unknown:
+        raise ValueError(f"{root}: class folder(s) {unknown} are not among the training classes {classes}")
+    label = {c: i for i, c in enumerate(classes)}
+    items = [VideoItem(str(p), label[c]) for c in folders for p in videos[c]]
     if not items:
         raise ValueError(f"{root}: no videos found in class folders")
-    return items, classes
+    return items, list(classes)
 
 
 def read_class_names(path: Optional[Union[str, os.PathLike]]) -> Optional[list[str]]:

@@ -117,7 +117,7 @@ class PyAVLoader:
     page-locked memory with ``pin_memory`` (:func:`make_loaders` sets it for a CUDA device)."""
 
     def __init__(self, items, args, train: bool, rank: int, world: int, pin_memory: bool = False):
-        pool = range(len(items))
+        pool, bad = range(len(items)), []
         if world > 1 and train:
             # every rank must run the same number of steps (DDP): drop bad files before sharding
             good, bad = probe(items, args.frames, args.on_bad_video)
@@ -125,6 +125,8 @@ class PyAVLoader:
             if bad and rank == 0:
                 print(f"PyAV loader: skipping {len(bad)} bad video(s): " + ", ".join(bad[:5]))
         self.pool = list(pool)  # indices of the items that can be sampled
+        #: the probe's bad videos, left out of every epoch (the others are reported in their batches)
+        self.dropped = bad
         self.ds = VideoClipDataset(items, args.frames, args.sampling, args.stride, args.image_size, train,
                                    flip=not args.no_flip, temporal_views=1 if train else args.test_temporal_views,
                                    spatial_views=1 if train else args.test_spatial_views,
@@ -179,9 +181,10 @@ class DALILoader:
     def __init__(self, items, args, train: bool, device: torch.device, rank: int, world: int):
         self.cfg = ClipSampling.from_args(args)
         self.items = list(items)
-        self.info, self.bad = probe(self.items, self.cfg.num_frames, args.on_bad_video)
-        if self.bad:
-            print(f"DALI loader: skipping {len(self.bad)} bad video(s): " + ", ".join(self.bad[:5]))
+        #: the probe's bad videos, left out of every epoch (the others are reported in their batches)
+        self.info, self.dropped = probe(self.items, self.cfg.num_frames, args.on_bad_video)
+        if self.dropped and rank == 0:
+            print(f"DALI loader: skipping {len(self.dropped)} bad video(s): " + ", ".join(self.dropped[:5]))
         self.pool = sorted(self.info)
         codecs = {i.codec for i in self.info.values()}
         self.gpu = device.type == "cuda"

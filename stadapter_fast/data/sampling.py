@@ -26,13 +26,17 @@ MODES = ("stride", "segments")
 def clip_indices(num_video_frames: int, num_frames: int, mode: str = "stride", stride: int = 2,
                  train: bool = True, view: int = 0, num_views: int = 1,
                  rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """Frame indices (length ``num_frames``) of one clip.
+    """Frame indices (length ``num_frames``) of one clip, as the release's ``VideoDataset`` picks them.
 
-    mode="stride": consecutive frames ``stride`` apart; the clip start is random in training and, in
-    testing, view ``view`` of ``num_views`` evenly spaced starts. A video shorter than the clip repeats
-    its last frame (indices are clamped).
-    mode="segments": the video is cut into ``num_frames`` equal segments and one frame is taken from
-    each: a random one in training, the middle (shifted per view) in testing.
+    mode="stride": frames ``stride`` apart over a span of ``(num_frames - 1) * stride + 1``. Training:
+    a uniformly random start in ``[0, N - span]``; a video no longer than the span starts at 0 and
+    repeats the last frame the stride reaches. Testing: ``num_views`` starts spread from 0 to
+    ``N - span`` (both ends included, ``round(max_start * view / (num_views - 1))``), or the middle
+    start ``max_start // 2`` for one view; a short video repeats its last frame.
+    mode="segments": ``num_frames`` segments of ``(N - 1) / num_frames`` frames, bounded by
+    ``round(s * i)`` and ``round(s * (i + 1))``; one frame from each: uniform over the bounds (both
+    included) in training, the middle ``(lo + hi) // 2`` in testing (view ``v`` of ``n``: at
+    ``(v + 0.5) / n`` of the segment, which for one view is that middle).
     """
     if num_video_frames < 1:
         raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
@@ -41,25 +45,28 @@ def clip_indices(num_video_frames: int, num_frames: int, mode: str = "stride", s
     if not 0 <= view < num_views:
         raise ValueError(f"view must be in [0, num_views={num_views}), got {view}")
     rng = rng if rng is not None else np.random.default_rng()
+    n = num_video_frames
     if mode == "stride":
         span = (num_frames - 1) * stride + 1
-        max_start = max(num_video_frames - span, 0)
+        max_start = max(n - span, 0)
         if train:
             start = int(rng.integers(0, max_start + 1))
         else:
-            start = int(round(max_start * (view + 0.5) / num_views)) if num_views > 1 else max_start // 2
+            start = round(max_start / (num_views - 1) * view) if num_views > 1 else max_start // 2
         idx = start + stride * np.arange(num_frames)
+        # past the end: training repeats the last frame on the stride, testing the video's last frame
+        last = (n - 1) // stride * stride if train else n - 1
+        idx = np.where(idx < n, idx, last)
     elif mode == "segments":
-        edges = np.linspace(0, num_video_frames, num_frames + 1)
-        lo, hi = edges[:-1], edges[1:]
+        bounds = np.round((n - 1) / num_frames * np.arange(num_frames + 1)).astype(np.int64)
+        lo, hi = bounds[:-1], bounds[1:]
         if train:
-            idx = np.floor(lo + rng.random(num_frames) * (hi - lo))
-        else:
-            idx = np.floor(lo + (hi - lo) * (view + 0.5) / num_views)
-        idx = idx.astype(np.int64)
+            idx = rng.integers(lo, hi + 1)
+        else:  # floor(lo + (hi - lo) * (view + 0.5) / num_views), in integers
+            idx = (2 * num_views * lo + (hi - lo) * (2 * view + 1)) // (2 * num_views)
     else:
         raise ValueError(f"mode must be 'stride' or 'segments', got {mode!r}")
-    return np.clip(idx, 0, num_video_frames - 1).astype(np.int64)
+    return idx.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -117,9 +124,11 @@ def clip_views(cfg: ClipSampling, num_video_frames: int, height: int, width: int
 
     Training: one random view. Its clip comes from :func:`clip_indices`, then the short side is resized
     to ``size * s`` (``s`` uniform in ``cfg.scale``), the crop is random and so is the flip (when
-    ``cfg.flip``); ``rng`` is drawn in that order. Testing: ``temporal_views x spatial_views`` views
-    (temporal outer), evenly spaced clips, the short side resized to ``size``, crops evenly spaced
-    along the long side, no flip; ``rng`` is not used.
+    ``cfg.flip``); ``rng`` is drawn in that order. Testing, as the release: ``temporal_views x
+    spatial_views`` views (temporal outer) of the clips of :func:`clip_indices`, the short side resized
+    to ``size`` (the long one to ``long * size // short``), one centre crop or ``spatial_views`` crops
+    from one end of the long side to the other (0, margin // 2, margin for 3), no flip; ``rng`` is not
+    used.
     """
     rng = rng if rng is not None else np.random.default_rng()
 
@@ -134,16 +143,17 @@ def clip_views(cfg: ClipSampling, num_video_frames: int, height: int, width: int
         crop = (int(rng.integers(0, nh - cfg.size + 1)), int(rng.integers(0, nw - cfg.size + 1)))
         flip = bool(cfg.flip and rng.random() < 0.5)
         return [ClipView(frames, (nh, nw), crop, flip)]
-    nh, nw = geometry(float(cfg.size))
-    views = []
-    for tv in range(cfg.temporal_views):
-        frames = clip_indices(num_video_frames, cfg.num_frames, cfg.mode, cfg.stride, False, tv, cfg.temporal_views)
-        for sv in range(cfg.spatial_views):
-            frac = (sv + 0.5) / cfg.spatial_views if cfg.spatial_views > 1 else 0.5
-            crop = (round((nh - cfg.size) * (frac if nh > nw else 0.5)),
-                    round((nw - cfg.size) * (frac if nw >= nh else 0.5)))
-            views.append(ClipView(frames, (nh, nw), crop, False))
-    return views
+    # the short side to size, the long side scaled and floored (a square stays square)
+    nh, nw = (cfg.size, width * cfg.size // height) if height < width else (height * cfg.size // width, cfg.size)
+    n = cfg.spatial_views
+    if n == 1:
+        crops = [((nh - cfg.size) // 2, (nw - cfg.size) // 2)]
+    else:  # along the long side (width when square), from one end to the other
+        offsets = [(max(nh, nw) - cfg.size) * sv // (n - 1) for sv in range(n)]
+        crops = [(o, 0) if nh > nw else (0, o) for o in offsets]
+    return [ClipView(clip_indices(num_video_frames, cfg.num_frames, cfg.mode, cfg.stride, False, tv,
+                                  cfg.temporal_views), (nh, nw), crop, False)
+            for tv in range(cfg.temporal_views) for crop in crops]
 
 
 def epoch_order(n: int, seed: int, epoch: int, train: bool, rank: int = 0, world: int = 1) -> list[int]:

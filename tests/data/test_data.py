@@ -26,6 +26,9 @@ def test_list_parser(tmp_path):
     (tmp_path / "bad.txt").write_text("ok.mp4 1\nnolabel.mp4\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: expected 'relative/path label'"):
         read_video_list(tmp_path / "bad.txt")
+    (tmp_path / "sup.txt").write_text("a.mp4 \u00b2\n")  # a digit to str.isdigit, not to int()
+    with pytest.raises(ValueError, match=r"sup.txt:1: expected 'relative/path label'"):
+        read_video_list(tmp_path / "sup.txt")
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="no videos listed"):
         read_video_list(tmp_path / "empty.txt")
@@ -35,8 +38,21 @@ def test_folder_per_class(tmp_path):
     for c in ("b_run", "a_jump"):
         (tmp_path / c).mkdir()
         (tmp_path / c / "v.mp4").write_bytes(b"")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # hidden: not a class (it would shift every label)
     items, classes = read_folder_per_class(tmp_path)
     assert classes == ["a_jump", "b_run"] and [i.label for i in items] == [0, 1]
+    (tmp_path / "c_sit").mkdir()
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['c_sit'\] hold no video"):
+        read_folder_per_class(tmp_path)
+    # another split: labelled by the training classes, where a class may be missing or empty
+    val = tmp_path.parent / f"{tmp_path.name}_val"
+    (val / "b_run").mkdir(parents=True)
+    (val / "b_run" / "w.webm").write_bytes(b"")
+    (val / "c_sit").mkdir()
+    items, classes = read_folder_per_class(val, ["a_jump", "b_run", "c_sit"])
+    assert [i.label for i in items] == [1] and classes == ["a_jump", "b_run", "c_sit"]
+    with pytest.raises(ValueError, match=r"\['c_sit'\] are not among the training classes \['a_jump', 'b_run'\]"):
+        read_folder_per_class(val, ["a_jump", "b_run"])
 
 
 def test_clip_indices():
@@ -44,17 +60,44 @@ def test_clip_indices():
     idx = clip_indices(100, 8, "stride", 4, train=True, rng=rng)
     assert len(idx) == 8 and np.all(np.diff(idx) == 4) and idx[0] <= 100 - 29
     assert clip_indices(100, 8, "stride", 4, train=False).tolist() == list(range(35, 64, 4))
-    views = [clip_indices(100, 4, "stride", 2, False, v, 3)[0] for v in range(3)]
-    assert views == sorted(views) and len(set(views)) == 3
-    assert clip_indices(5, 4, "stride", 2, train=False).tolist() == [0, 2, 4, 4]  # short video: clamped
+    # the release's values (its VideoDataset, worked by hand): 3 test views of a 300-frame video span
+    # the starts 0 .. N - span (187), the middle one round(93.5) = 94
+    assert [clip_indices(300, 8, "stride", 16, False, v, 3)[0] for v in range(3)] == [0, 94, 187]
+    assert [clip_indices(100, 4, "stride", 2, False, v, 2)[0] for v in range(2)] == [0, 93]
+    assert clip_indices(5, 4, "stride", 2, train=False).tolist() == [0, 2, 4, 4]  # short: the last frame
+    # short in training: the last frame the stride reaches (8 of 0..9), every draw
+    assert clip_indices(10, 8, "stride", 2, train=True, rng=rng).tolist() == [0, 2, 4, 6, 8, 8, 8, 8]
+    assert clip_indices(15, 8, "stride", 2, train=True, rng=rng).tolist() == list(range(0, 15, 2))  # span = N
+    # segments of (80 - 1) / 8 frames, bounded by round(9.875 * i): 0 10 20 30 40 49 59 69 79
     seg = clip_indices(80, 8, "segments", train=False)
-    assert seg.tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
-    segr = clip_indices(80, 8, "segments", train=True, rng=rng)
-    assert np.all((segr >= np.arange(8) * 10) & (segr < np.arange(1, 9) * 10))
+    assert seg.tolist() == [5, 15, 25, 35, 44, 54, 64, 74]
+    lo, hi = np.array([0, 10, 20, 30, 40, 49, 59, 69]), np.array([10, 20, 30, 40, 49, 59, 69, 79])
+    draws = np.stack([clip_indices(80, 8, "segments", train=True, rng=rng) for _ in range(400)])
+    assert np.all((draws >= lo) & (draws <= hi))
+    assert (draws.min(0) == lo).all() and (draws.max(0) == hi).all()  # both bounds drawn
+    assert clip_indices(1, 4, "segments", train=True, rng=rng).tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="mode must be 'stride' or 'segments'"):
         clip_indices(10, 4, "random")
     with pytest.raises(ValueError, match="view must be in"):
         clip_indices(10, 4, train=False, view=3, num_views=3)
+
+
+def test_clip_views_test_geometry_is_the_releases():
+    """Testing: the short side to size, the long one floored (340 x 256 -> 297 x 224, not round's
+    298), 3 crops from one end of the long side to the other (0, 73 // 2, 73), temporal views outer."""
+    from stadapter_fast.data import ClipSampling, clip_views
+
+    cfg = ClipSampling(num_frames=8, stride=16, size=224, temporal_views=3, spatial_views=3)
+    views = clip_views(cfg, 300, 256, 340, train=False)
+    assert {v.resize for v in views} == {(224, 297)} and not any(v.flip for v in views)
+    assert [v.crop for v in views] == [(0, 0), (0, 36), (0, 73)] * 3
+    assert [int(v.frames[0]) for v in views] == [0] * 3 + [94] * 3 + [187] * 3
+    portrait = clip_views(cfg, 300, 340, 256, train=False)
+    assert portrait[0].resize == (297, 224) and [v.crop for v in portrait[:3]] == [(0, 0), (36, 0), (73, 0)]
+    one = clip_views(ClipSampling(size=224), 300, 256, 340, train=False)
+    assert len(one) == 1 and one[0].crop == (0, 36)  # the centre, floored
+    square = clip_views(ClipSampling(size=32, spatial_views=3), 16, 40, 40, train=False)
+    assert [v.crop for v in square] == [(0, 0)] * 3 and square[0].resize == (32, 32)
 
 
 def test_synthetic_classes_differ_only_in_time_direction():

@@ -734,7 +734,11 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         if tr.max_steps_reached():
             stopped = True
             break
-    if pending:  # micro-batches left over from an incomplete accumulation: step on them too
+    if pending:  # micro-batches left over from an incomplete accumulation: step on their mean too
+        with torch.no_grad():  # each loss was divided by --grad-accum, not by the pending count
+            for p in tr.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(args.grad_accum / pending)
         _update(tr, epoch)
     dt = time.time() - t0
     bad = report_bad_videos(f"epoch {epoch + 1} training", bad, tr.train_loader.dropped)

@@ -346,6 +346,41 @@ def test_grad_accum_steps_on_leftover_micro_batches(data, tmp_path):
     assert s["steps"] == 2
 
 
+def test_leftover_accumulation_steps_on_the_mean_of_its_micro_batches(tmp_path, monkeypatch):
+    """5 identical micro-batches, --grad-accum 4: the leftover fifth steps on the gradient of the
+    mean, as the first four do (each loss is divided by 4; the leftover's gradient is scaled to 1)."""
+    from stadapter_fast import train
+
+    class Identical:
+        batches_per_wave, dropped = 1, []
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __len__(self):
+            return 5
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            x, y = torch.randn(2, 3, 2, 4, 4, generator=g), torch.tensor([0, 1])
+            return iter([(x, y, [])] * 5)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(96, 2))
+    a = train.build_parser().parse_args(["--grad-accum", "4", "--quiet", "--lr", "0"])
+    opt, sched, scaler = train.optimization(a, model, torch.device("cpu"), 2)
+    grads, step = [], train.optimizer_step
+
+    def record(*step_args):
+        grads.append(model[1].weight.grad.clone())
+        return step(*step_args)
+
+    monkeypatch.setattr(train, "optimizer_step", record)
+    tr = train.Trainer(a, model, model, Identical(), None, "test", opt, sched, scaler, torch.device("cpu"), tmp_path)
+    train.train_epoch(tr, 0)
+    assert len(grads) == 2 and grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)
+
+
 def test_half_backbone_defaults_to_autocast(data, tmp_path):
     s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "1", "--max-steps", "1", "--backbone-dtype", "bf16"))
     assert s["steps"] == 1

@@ -140,45 +140,94 @@ def _probe_input_shape(new: Union[FastSTAdapter, FastMMAction2STAdapter]) -> tup
     return T, 2 * T, new.num_prefix_tokens + H * W
 
 
+def _run(m: nn.Module, x: torch.Tensor, T: int, clip: bool) -> torch.Tensor:
+    """``m`` on a copy of ``x`` (an adapter may add into its input in place): ``m(x)`` for a clip-shaped
+    ``[b, t, l, c]`` adapter, ``m(x, T)`` for a token-shaped one."""
+    return m(x.clone()) if clip else m(x.clone(), T)
+
+
+#: Training-mode probe: forward passes of ``old`` (each a new drop-path draw) until some clip keeps its update.
+PROBE_TRAIN_PASSES = 64
+
+
+def _probe_training_mode(ref: nn.Module, x: torch.Tensor, update: torch.Tensor, T: int, clip: bool,
+                         drop_prob: float, seed: int) -> tuple[bool, str]:
+    """Whether ``ref`` in training mode does what the fused module does: on each clip of ``x``, its update
+    (output - x) is ``update`` (the eval-mode one) times 1/(1 - drop_prob), or, when ``drop_prob > 0``,
+    zero (the clip dropped). Draws come from the default generator (that of timm's and mmcv's DropPath),
+    seeded with ``seed`` and restored afterwards; passes repeat until a clip is kept, since a kept clip
+    is what shows the rescaling. Returns ``(ok, reason)``."""
+    b = x.shape[0] if clip else x.shape[0] // T
+    expected = (update / (1.0 - drop_prob)).reshape(b, -1)
+    ref.train()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(PROBE_TRAIN_PASSES):
+            try:
+                got = (_run(ref, x, T, clip) - x).reshape(b, -1)
+            except Exception as e:  # noqa: BLE001 -- any failure means equivalence was not shown
+                return False, f"the module raised {type(e).__name__} in training mode: {e}"
+            kept = 0
+            for i in range(b):
+                if drop_prob > 0 and not got[i].any():
+                    continue
+                err = rel_err(got[i], expected[i])
+                if not err <= PROBE_RTOL:
+                    what = "dropped or scaled by" if drop_prob > 0 else "equal to the eval-mode update times"
+                    return False, (f"training-mode output differs: clip {i}'s update is not {what} "
+                                   f"1/(1 - drop_prob) = {1.0 / (1.0 - drop_prob):.6g}, drop_prob={drop_prob} "
+                                   f"(relative error {err:.1e})")
+                kept += 1
+            if kept:
+                return True, ""
+    return False, (f"training mode dropped every clip in {PROBE_TRAIN_PASSES} passes (drop_prob={drop_prob}): "
+                   f"the rescaling of kept clips was not shown")
+
+
 def probe_equivalent(old: nn.Module, new: Union[FastSTAdapter, FastMMAction2STAdapter],
                      seed: int = 0) -> tuple[bool, str]:
     """Whether ``new`` computes ``old``'s function: fp64 CPU copies of both get the same random weights
     (not the current ones: a zero-initialised conv hides the activation and prefix handling) and the
-    same random clip (a grid and prefix count as ``new`` would use them); forward outputs and input
-    gradients must agree to ``PROBE_RTOL``. ``old`` may add into its input in place (the release
-    does); it gets a copy. Both run in eval mode (dropout-like randomness would hide the comparison).
-    Returns ``(ok, reason)``."""
-    ref = copy.deepcopy(old).to(device="cpu", dtype=torch.float64).eval()
-    cand = copy.deepcopy(new).to(device="cpu", dtype=torch.float64).eval()
-    cand.backend = "torch"
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for prm in ref.parameters():
-            prm.copy_(0.3 * torch.randn(prm.shape, generator=g, dtype=torch.float64))
-    cand.load_state_dict(ref.state_dict(), strict=True)
-    T, N, L = _probe_input_shape(cand)
-    clip = isinstance(cand, FastMMAction2STAdapter)  # called as m(x) on [b, t, l, c]
-    C = cand.input_dim if clip else cand.in_channels
-    shape = (N // T, T, L, C) if clip else (N, L, C)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    dy = torch.randn(shape, generator=g, dtype=torch.float64)
-    outs = []
-    for m in (ref, cand):
-        xi = x.clone().requires_grad_()
+    same random clip (a grid and prefix count as ``new`` would use them); in eval mode, forward outputs
+    and input gradients must agree to ``PROBE_RTOL``; in training mode, ``old``'s output must show
+    ``new``'s training behaviour (:func:`_probe_training_mode`: no difference from eval mode, or
+    mmaction2's per-clip drop path). ``old`` may add into its input in place (the release does); it gets
+    a copy. Runs with autograd on, also when called under ``torch.inference_mode()`` or
+    ``torch.no_grad()``. Returns ``(ok, reason)``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        ref = copy.deepcopy(old).to(device="cpu", dtype=torch.float64).eval()
+        cand = copy.deepcopy(new).to(device="cpu", dtype=torch.float64).eval()
+        cand.backend = "torch"
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for prm in ref.parameters():
+                prm.copy_(0.3 * torch.randn(prm.shape, generator=g, dtype=torch.float64))
         try:
-            with torch.enable_grad():
-                y = m(xi.clone()) if clip else m(xi.clone(), T)
+            cand.load_state_dict(ref.state_dict(), strict=True)
+        except Exception as e:  # noqa: BLE001 -- e.g. extra (LoRA-like) or reparametrized weights
+            return False, f"{type(cand).__name__} cannot take the module's parameters: {' '.join(str(e).split())}"
+        T, N, L = _probe_input_shape(cand)
+        clip = isinstance(cand, FastMMAction2STAdapter)  # called as m(x) on [b, t, l, c]
+        C = cand.input_dim if clip else cand.in_channels
+        shape = (N // T, T, L, C) if clip else (N, L, C)
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        dy = torch.randn(shape, generator=g, dtype=torch.float64)
+        outs = []
+        for m in (ref, cand):
+            xi = x.clone().requires_grad_()
+            try:
+                y = _run(m, xi, T, clip)
                 if not isinstance(y, torch.Tensor) or y.shape != x.shape:
                     return False, f"output {getattr(y, 'shape', type(y).__name__)} for input {tuple(x.shape)}"
                 (dx,) = torch.autograd.grad(y, xi, dy)
-        except Exception as e:  # noqa: BLE001 -- any failure means equivalence was not shown
-            return False, f"{'the module' if m is ref else type(cand).__name__} raised {type(e).__name__}: {e}"
-        outs.append((y.detach(), dx))
-    for what, a, b in zip(("output", "input gradient"), outs[0], outs[1]):
-        err = rel_err(b, a)
-        if not err <= PROBE_RTOL:
-            return False, f"{what} differs (relative error {err:.1e})"
-    return True, ""
+            except Exception as e:  # noqa: BLE001 -- any failure means equivalence was not shown
+                return False, f"{'the module' if m is ref else type(cand).__name__} raised {type(e).__name__}: {e}"
+            outs.append((y.detach(), dx))
+        for what, a, b in zip(("output", "input gradient"), outs[0], outs[1]):
+            err = rel_err(b, a)
+            if not err <= PROBE_RTOL:
+                return False, f"{what} differs (relative error {err:.1e})"
+        return _probe_training_mode(ref, x, outs[0][0] - x, T, clip, getattr(cand, "drop_prob", 0.0), seed)
 
 
 def _candidate_kwargs(old: nn.Module, num_prefix_tokens, grid_size) -> list[dict]:
@@ -259,13 +308,21 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
     ``names`` given), so the codebase's own checkpoints still load with ``strict=True``.
 
     Before replacing, each candidate is probed (:func:`probe_equivalent`): the old and the new module run
-    on the same random weights and clip, and must agree in output and input gradient. A module that
-    does not is left in place and reported: a ``UserWarning`` naming it and why, or with
-    ``strict=True`` a ``ValueError`` (raised before anything is replaced).
+    on the same random weights and clip, and must agree in output and input gradient in eval mode, and
+    in training mode the old one must do what the new one does (nothing different, or mmaction2's
+    per-clip drop path rescaled by ``1 / (1 - drop_prob)``). A module that does not, whose parameters
+    the new one cannot take (e.g. LoRA-like extra weights, a ``weight_norm`` parametrization) or whose
+    parameters differ in dtype or device, is left in place and reported: a ``UserWarning`` naming it
+    and why, or with ``strict=True`` a ``ValueError`` (raised before anything is replaced). The probe
+    runs on its own fp64 CPU copies, so ``swap_adapters`` also works under ``torch.inference_mode()``.
 
-    Weights, dtype, device, ``requires_grad`` and train/eval mode carry over. ``backend``, ``path`` and
-    ``recompute`` go to every new module. Returns how many modules were replaced (0 if ``model``
-    itself is an adapter: swap it by assignment instead).
+    The new module holds the old one's Parameter objects themselves (the fused modules keep every
+    weight in the layout of the module they replace), so weights, dtype, device, ``requires_grad``,
+    weight tying and an optimizer built before the swap all carry over; so does the train/eval mode.
+    An adapter reached from several places (one instance shared by several blocks) becomes one new
+    module in all of them. ``backend``, ``path`` and ``recompute`` go to every new module. Returns how
+    many modules were replaced, a shared one counted once (0 if ``model`` itself is an adapter: swap
+    it by assignment instead).
 
     Note: the release adds into its input in place; FastSTAdapter returns a new tensor. Code that
     uses the return value (``x = adapter(x, T)``, as the release's blocks do) behaves the same.
@@ -273,43 +330,65 @@ def swap_adapters(model: nn.Module, num_prefix_tokens: Optional[int] = None,
     check_path_options(path, recompute)
     names = _check_names(names)
     fast_kw = dict(backend=backend, path=path, recompute=recompute)
-    targets, skipped = [], []
+    replacement: dict[nn.Module, Optional[nn.Module]] = {}  # old -> new (None: left in place); once per module
+    places, skipped = [], []
     for parent_name, parent in model.named_modules():
         for name, child in parent.named_children():
-            if isinstance(child, (FastSTAdapter, FastMMAction2STAdapter)):
-                continue
-            if isinstance(child, MMAction2STAdapterReference) or _is_mmaction2_adapter(child):
-                candidates = _mmaction2_candidates(child, num_prefix_tokens, grid_size, fast_kw)
-            elif _is_official_adapter(child, names):
-                candidates = _official_candidates(child, names, num_prefix_tokens, grid_size, fast_kw)
-            else:
-                continue
-            qualname = f"{parent_name}.{name}" if parent_name else name
-            w = next(child.parameters())
-            reasons = []
-            for what, new in candidates:
-                new = new.to(device=w.device, dtype=w.dtype)
-                ok, why = probe_equivalent(child, new)
-                if ok:
-                    targets.append((parent, name, child, new))
-                    break
-                reasons.append(f"{what}: {why}")
-            else:
-                skipped.append(f"{qualname} ({type(child).__name__}) " + "; ".join(reasons))
+            if child not in replacement:
+                new, why = _replacement(child, names, num_prefix_tokens, grid_size, fast_kw)
+                if why:
+                    qualname = f"{parent_name}.{name}" if parent_name else name
+                    skipped.append(f"{qualname} ({type(child).__name__}) {why}")
+                replacement[child] = new
+            if replacement[child] is not None:
+                places.append((parent, name, replacement[child]))
     if skipped:
-        msg = (f"swap_adapters: {len(skipped)} adapter-shaped module(s) left in place, since a probe did not "
-               f"show the fused module to compute the same function: " + " | ".join(skipped))
+        msg = (f"swap_adapters: {len(skipped)} adapter-shaped module(s) left in place, since replacing them "
+               f"was not shown to be safe: " + " | ".join(skipped))
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
-    for parent, name, old, new in targets:
-        new.load_state_dict(old.state_dict(), strict=True)
-        old_params = dict(old.named_parameters())
-        for pn, p_new in new.named_parameters():
-            p_new.requires_grad_(old_params[pn].requires_grad)
+    swapped = [(old, new) for old, new in replacement.items() if new is not None]
+    for old, new in swapped:
+        _adopt_parameters(new, old)
         new.train(old.training)
+    for parent, name, new in places:
         setattr(parent, name, new)
-    return len(targets)
+    return len(swapped)
+
+
+def _replacement(child: nn.Module, names: dict, num_prefix_tokens, grid_size,
+                 fast_kw: dict) -> tuple[Optional[nn.Module], str]:
+    """``(new module, "")`` for a recognised adapter a probe shows equivalent to its fused module;
+    ``(None, reason)`` for one that is left in place; ``(None, "")`` for anything else."""
+    if isinstance(child, (FastSTAdapter, FastMMAction2STAdapter)):
+        return None, ""
+    if isinstance(child, MMAction2STAdapterReference) or _is_mmaction2_adapter(child):
+        candidates = _mmaction2_candidates(child, num_prefix_tokens, grid_size, fast_kw)
+    elif _is_official_adapter(child, names):
+        candidates = _official_candidates(child, names, num_prefix_tokens, grid_size, fast_kw)
+    else:
+        return None, ""
+    kinds = sorted({f"{p.dtype} on {p.device}" for p in child.parameters()})
+    if len(kinds) > 1:  # the fused module keeps these very tensors, and its kernels take one dtype and device
+        return None, f"has parameters of more than one dtype or device ({', '.join(kinds)})"
+    reasons = []
+    for what, new in candidates:
+        ok, why = probe_equivalent(child, new)
+        if ok:
+            return new, ""
+        reasons.append(f"{what}: {why}")
+    return None, "; ".join(reasons)
+
+
+def _adopt_parameters(new: nn.Module, old: nn.Module) -> None:
+    """Registers ``old``'s Parameter objects in ``new`` in place of its own, under the same names: the
+    probe loaded ``old``'s state_dict into ``new`` with ``strict=True``, so names and shapes match, and
+    the fused modules store every weight in the layout of the module they replace. Identity, sharing,
+    ``requires_grad``, dtype, device and an optimizer's references all carry over."""
+    for pname, _ in list(new.named_parameters()):
+        owner, _, attr = pname.rpartition(".")
+        setattr(new.get_submodule(owner), attr, old.get_parameter(pname))
 
 
 def set_adapter_path(model: nn.Module, path: str, recompute: bool = True) -> int:

@@ -1,5 +1,6 @@
 """swap_adapters: official-style adapters in a model become FastSTAdapters with the same outputs."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -146,11 +147,21 @@ class GeluByAttribute(VariantAdapter):
         super().__init__(fn=nn.functional.gelu, **kw)
 
 
+class DropoutInTraining(VariantAdapter):
+    """The release's computation in eval mode, with dropout on the bottleneck in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self._fn = self._dropout
+
+    def _dropout(self, h):
+        return nn.functional.dropout(h, 0.5, training=self.training)
+
+
 def swapped_matches(adapter, **swap_kw):
     """Swap ``adapter`` inside a container (warnings are errors) and check the result against a copy of
     the old module on the same random weights; returns swap_adapters' count."""
     import copy
-    import warnings
 
     randomize(adapter, 0.2)
     before = copy.deepcopy(adapter).double()
@@ -181,13 +192,14 @@ def test_swap_probe_accepts_equivalent_variants():
     (VariantAdapter(prefix=0), "raised RuntimeError"),                   # no class token, not told
     (VariantAdapter(grid=(2, 3)), "raised RuntimeError"),                 # non-square grid, not told
     (VariantAdapter(delta_only=True), "output differs"),                  # returns the update, not x + update
-], ids=["gelu", "relu", "prefix0", "grid2x3", "delta_only"])
+    (DropoutInTraining(), "training-mode output differs"),               # eval mode alone would pass
+], ids=["gelu", "relu", "prefix0", "grid2x3", "delta_only", "dropout"])
 def test_swap_probe_refuses_what_it_cannot_show_equivalent(old, why):
     # official zero init: conv weight/bias zero, so the current weights alone would hide the activation
     nn.init.zeros_(old.conv.weight)
     nn.init.zeros_(old.conv.bias)
     net = nn.ModuleDict({"a": old, "b": OfficialAdapter(16, 8, (3, 1, 1))})
-    with pytest.raises(ValueError, match=f"left in place.*a \\(VariantAdapter\\).*{why}"):
+    with pytest.raises(ValueError, match=f"left in place.*a \\({type(old).__name__}\\).*{why}"):
         swap_adapters(net, strict=True)
     assert net["a"] is old and isinstance(net["b"], OfficialAdapter), "strict: nothing replaced"
     with pytest.warns(UserWarning, match=f"1 adapter-shaped module\\(s\\) left in place.*{why}"):
@@ -208,3 +220,146 @@ def test_swap_attribute_naming_the_wrong_activation_is_refused():
 
 def test_swap_no_match():
     assert swap_adapters(nn.Sequential(nn.Linear(3, 3), NotAnAdapter())) == 0
+
+
+def _mmaction2_adapter(droppath):
+    """mmaction2's adapter (tests/test_mmaction2.py's restatement) on random weights, with ``droppath``."""
+    pytest.importorskip("timm.layers", reason="timm is not installed (mmaction2 uses timm's DropPath)")
+    from tests.test_mmaction2 import MMAction2STAdapter
+
+    a = MMAction2STAdapter((3, 3, 3), 16, 8, 32, 8, drop_prob=0.5)
+    a.droppath = droppath
+    return randomize(a, 0.3)
+
+
+class MmcvDropPath(nn.Module):
+    """mmcv's ``DropPath`` computation (a mask from ``torch.rand``, kept samples divided by the keep rate):
+    other draws than timm's, the same semantics."""
+
+    def __init__(self, drop_prob):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)).floor()
+        return x.div(keep) * mask
+
+
+def test_swap_refuses_drop_path_that_does_not_rescale():
+    DropPath = pytest.importorskip("timm.layers", reason="timm is not installed").DropPath  # noqa: N806
+
+    old = _mmaction2_adapter(DropPath(0.5, scale_by_keep=False))  # kept clips not divided by 1 - p
+    net = nn.ModuleDict({"a": old})
+    with pytest.raises(ValueError, match=r"a \(MMAction2STAdapter\).*training-mode output differs.*clip"):
+        swap_adapters(net, strict=True)
+    with pytest.warns(UserWarning, match="training-mode output differs"):
+        assert swap_adapters(net) == 0
+    assert net["a"] is old
+    for dp in (DropPath(0.5), DropPath(0.9), MmcvDropPath(0.5)):  # the semantics of the fused module
+        net = nn.ModuleDict({"a": _mmaction2_adapter(dp)})
+        assert swap_adapters(net, backend="torch", strict=True) == 1
+
+
+def test_swap_keeps_parameter_objects():
+    DropPath = pytest.importorskip("timm.layers", reason="timm is not installed").DropPath  # noqa: N806
+    from tests.test_mmaction2 import RenamedOfficial
+
+    net = nn.ModuleDict({"official": randomize(OfficialAdapter(16, 8, (3, 3, 3)), 0.3),
+                         "renamed": randomize(RenamedOfficial(16, 8), 0.3),
+                         "mmaction2": _mmaction2_adapter(DropPath(0.1))}).eval()
+    net["official"].fc2.bias.requires_grad_(False)
+    params = dict(net.named_parameters())
+    opt = torch.optim.SGD([p for p in params.values() if p.requires_grad], lr=0.1)
+    assert swap_adapters(net, backend="torch", strict=True, names=None) == 2  # renamed: needs names
+    assert swap_adapters(net, backend="torch", strict=True, names={"fc1": "down", "conv": "dw", "fc2": "up"}) == 1
+    assert isinstance(net["official"], FastSTAdapter) and isinstance(net["renamed"], FastSTAdapter)
+    after = dict(net.named_parameters())
+    assert list(after) == list(params) and all(after[k] is p for k, p in params.items())
+    assert not net["official"].fc2.bias.requires_grad
+    before = {k: p.detach().clone() for k, p in after.items()}
+    x = torch.randn(4, 17, 16)
+    loss = net["official"](x, 2).square().sum() + net["renamed"](x, 2).square().sum()
+    (loss + net["mmaction2"](x.view(2, 2, 17, 16)).square().sum()).backward()
+    opt.step()  # the optimizer built before the swap updates the swapped modules
+    assert all(not torch.equal(before[k], p) for k, p in after.items() if p.requires_grad)
+    assert torch.equal(before["official.fc2.bias"], net["official"].fc2.bias)
+
+
+def test_swap_shared_adapter_stays_shared():
+    shared = randomize(OfficialAdapter(16, 8, (3, 1, 1)), 0.3)
+    net = Net([shared, shared, OfficialAdapter(16, 8, (3, 1, 1))])
+    n_params = sum(p.numel() for p in net.parameters())
+    x = torch.randn(4, 10, 16, dtype=torch.float64)
+    y_ref = net.double()(x.clone(), 2)
+    assert swap_adapters(net, strict=True) == 2  # the shared module counted once
+    a = net.blocks[0].adapter
+    assert isinstance(a, FastSTAdapter) and net.blocks[1].adapter is a and net.blocks[2].adapter is not a
+    assert sum(p.numel() for p in net.parameters()) == n_params
+    assert_close(net(x.clone(), 2), y_ref, torch.float64, "shared adapter")
+
+
+def test_swap_shared_unswappable_adapter_reported_once():
+    shared = VariantAdapter(fn=torch.relu)
+    net = Net([shared, shared])
+    with pytest.warns(UserWarning, match=r"1 adapter-shaped module\(s\) left in place") as record:
+        assert swap_adapters(net) == 0
+    assert "blocks.0.adapter" in str(record[0].message) and "blocks.1.adapter" not in str(record[0].message)
+    assert net.blocks[0].adapter is shared and net.blocks[1].adapter is shared
+
+
+class LoRALinear(nn.Linear):
+    """A Linear with a low-rank update: the structure check sees a Linear; the weights are more."""
+
+    def __init__(self, i, o, r=2):
+        super().__init__(i, o)
+        self.lora_a = nn.Parameter(0.1 * torch.randn(r, i))
+        self.lora_b = nn.Parameter(0.1 * torch.randn(o, r))
+
+    def forward(self, x):
+        return super().forward(x) + x @ self.lora_a.t() @ self.lora_b.t()
+
+
+def _with_lora_fc1(a):
+    a.fc1 = LoRALinear(a.fc1.in_features, a.fc1.out_features)
+    return a
+
+
+def _with_weight_norm_fc2(a):
+    a.fc2 = nn.utils.parametrizations.weight_norm(a.fc2)
+    return a
+
+
+@pytest.mark.parametrize("change", [_with_lora_fc1, _with_weight_norm_fc2], ids=["lora", "weight_norm"])
+def test_swap_skips_adapter_whose_weights_it_cannot_take(change):
+    old = change(OfficialAdapter(16, 8, (3, 1, 1)))
+    net = nn.ModuleDict({"a": old, "b": OfficialAdapter(16, 8, (3, 1, 1))})
+    with pytest.raises(ValueError, match=r"a \(OfficialAdapter\).*FastSTAdapter cannot take the module's parameters"):
+        swap_adapters(net, strict=True)
+    with pytest.warns(UserWarning, match="cannot take the module's parameters.*Unexpected key"):
+        assert swap_adapters(net) == 1
+    assert net["a"] is old and isinstance(net["b"], FastSTAdapter)
+
+
+def test_swap_skips_adapter_with_mixed_dtypes():
+    old = OfficialAdapter(16, 8, (3, 1, 1))
+    old.fc2.double()
+    net = nn.ModuleDict({"a": old})
+    why = r"more than one dtype or device \(torch.float32 on cpu, torch.float64 on cpu\)"
+    with pytest.raises(ValueError, match=why):
+        swap_adapters(net, strict=True)
+    assert net["a"] is old
+
+
+def test_swap_under_inference_mode():
+    net = Net([randomize(OfficialAdapter(16, 8, (3, 3, 3)), 0.3)])
+    x = torch.randn(4, 10, 16)
+    with torch.inference_mode():
+        y_ref = net(x.clone(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert swap_adapters(net, strict=True) == 1
+        assert isinstance(net.blocks[0].adapter, FastSTAdapter)
+        assert_close(net(x.clone(), 2), y_ref, torch.float32, "swapped under inference_mode")

@@ -2,7 +2,8 @@
 ``ValueError`` names the argument, what was expected and what was given, the same way everywhere."""
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from typing import Any, Callable
 
 
 def is_int(v: Any, minimum: int = 1) -> bool:
@@ -26,3 +27,17 @@ def check_frames(T: Any, rows: int, what: str) -> int:
     if rows % T != 0:
         raise ValueError(f"{what} = {rows} is not divisible by T = {T}")
     return T
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``minimum``; else argparse's error names the flag, what it
+    expects and what it got."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value
+    return parse

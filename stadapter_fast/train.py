@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from csrc_triton.activations import ACTIVATIONS
 
 from ._backend import PATHS as KERNEL_PATHS
+from .checks import int_at_least
 
 DEFAULT_DATA = "data/synthetic"
 
@@ -39,21 +40,7 @@ DEFAULT_DATA = "data/synthetic"
 _TINY_TIMM_KWARGS = '{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}'
 
 
-def _int_at_least(minimum: int):
-    """An argparse ``type``: an int >= ``minimum``; else argparse's error names the flag, what it
-    expects and what it got."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
-_POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+_POSITIVE, _NON_NEGATIVE = int_at_least(1), int_at_least(0)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..checks import int_at_least
+
 CLASSES = ["disk expanding", "disk contracting", "square fading in", "square fading out"]
 CODECS = {"vp9": ("libvpx-vp9", ".webm"), "h264": ("libx264", ".mp4")}
 
@@ -111,16 +113,18 @@ def ensure_synthetic(root, **kw) -> Path:
 def main(argv: Optional[list] = None) -> None:
     ap = argparse.ArgumentParser(description="Write the synthetic temporal-reasoning video dataset.")
     ap.add_argument("dir")
-    ap.add_argument("--train", type=int, default=400)
-    ap.add_argument("--val", type=int, default=160)
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", type=int_at_least(0), default=400)
+    ap.add_argument("--val", type=int_at_least(0), default=160)
+    ap.add_argument("--frames", type=int_at_least(1), default=16)
+    ap.add_argument("--size", type=int_at_least(2), default=64, help="frame side in pixels (even with h264)")
+    ap.add_argument("--seed", type=int_at_least(0), default=0)
     ap.add_argument("--codecs", default="vp9,h264", help=f"comma-separated, taken in turn; of {sorted(CODECS)}")
     a = ap.parse_args(argv)
     codecs = tuple(c.strip() for c in a.codecs.split(",") if c.strip())
     if not codecs or set(codecs) - set(CODECS):
         raise ValueError(f"--codecs: expected a comma-separated list of {sorted(CODECS)}, got {a.codecs!r}")
+    if "h264" in codecs and a.size % 2:
+        ap.error(f"argument --size: expected an even size with h264 (it stores colour at half resolution), got {a.size}")
     root = make_synthetic(a.dir, a.train, a.val, a.frames, a.size, a.seed, codecs)
     print(f"wrote {a.train} train + {a.val} val clips ({len(CLASSES)} classes) to {root}")
 

@@ -677,3 +677,16 @@ def test_synthetic_cli_codecs(tmp_path):
     assert files == [".webm"] * 4
     with pytest.raises(ValueError, match=r"--codecs: expected a comma-separated list of \['h264', 'vp9'\], got 'av1'"):
         main([str(tmp_path / "e"), "--codecs", "av1"])
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["--frames", "0"], "argument --frames: expected an int >= 1, got '0'"),  # lists naming files never written
+    (["--train", "-1"], "argument --train: expected an int >= 0, got '-1'"),
+    (["--size", "33"], "argument --size: expected an even size with h264"),  # libx264's opaque open error
+])
+def test_synthetic_cli_arguments_are_named(tmp_path, capsys, argv, error):
+    from stadapter_fast.data.synthetic import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "d"), *argv])
+    assert error in capsys.readouterr().err and not (tmp_path / "d").exists()

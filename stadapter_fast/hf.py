@@ -168,6 +168,15 @@ def run_layer_branch(layer: nn.Module, family: Family, which: str, x: torch.Tens
     return x + h
 
 
+def layer_checkpointing(layer: nn.Module):
+    """The activation checkpointing function that ``gradient_checkpointing_enable()`` set on ``layer``
+    when it applies now (turned on, layer in training mode, as ``GradientCheckpointingLayer`` decides),
+    else None. It is called as ``fn(forward_with_kwargs_bound, *args)``."""
+    if getattr(layer, "gradient_checkpointing", False) and layer.training:
+        return layer._gradient_checkpointing_func
+    return None
+
+
 def layer_attributes(family: Family) -> tuple:
     """The sublayer names :func:`run_layer_branch` uses."""
     return (family.norm1, family.attn, *family.post_attn, family.norm2, family.mlp, *family.post_mlp)

@@ -3,9 +3,12 @@
 
 Insertion follows the paper and the release: an adapter before attention and/or before the MLP of each
 chosen block, receiving the block input as ``[B*T, L, C]``. Each chosen block is wrapped by
-:class:`STAdapterBlock`, which runs the block's own sublayers with the adapters in between (library
-classes are not patched). The frame count reaches the adapters through a small context object shared
-by the wrappers; :class:`VideoClassifier` sets it from the video it is given.
+:class:`STAdapterBlock`, which calls the block (so its hooks and its library's per-layer machinery
+run) with a forward of its own installed on that block instance: the block's sublayers with the
+adapters in between (library classes are not patched). The frame count comes from a small context
+object shared by the wrappers (:class:`VideoClassifier` sets it from the video it is given); each
+wrapper call reads it once and passes it on as an argument, so a re-run of the call in backward
+(activation checkpointing) uses the same count.
 
 Note: wrapping moves a chosen block's parameters under ``.block.`` in the backbone's state_dict
 (``blocks.3.block.attn.qkv.weight``). Load pretrained backbone weights before adding adapters.
@@ -13,6 +16,7 @@ Note: wrapping moves a chosen block's parameters under ``.block.`` in the backbo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -42,7 +46,7 @@ class STAdapterConfig:
         act: None (the release) or a name in :data:`stadapter_fast.ACTIVATIONS` ("relu", "gelu", ...).
         positions: any of "pre_attn", "pre_mlp" ("pre_mlp" alone = the release's 12x384 on K400;
             both = 24x384 for SSv2).
-        layers: "all", an int k (the last k blocks), or a sequence of block indices.
+        layers: "all", an int k (the last k blocks), or a non-empty sequence of block indices.
         impl: "fast" (FastSTAdapter) or "reference" (STAdapterReference, for comparisons).
         backend: backend of the fast adapters ("auto", "triton", "torch").
         path, recompute: the fast adapters' execution path ("auto", "two_pass", "one_pass") and
@@ -78,9 +82,12 @@ class STAdapterConfig:
             raise ValueError(f"impl must be 'fast' or 'reference', got {self.impl!r}")
         check_path_options(self.path, self.recompute)
         if not (self.layers == "all" or is_int(self.layers)
-                or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))):
-            raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a list of block indices, "
-                             f"got {self.layers!r}")
+                or (isinstance(self.layers, (list, tuple)) and self.layers
+                    and all(isinstance(i, int) for i in self.layers))):
+            raise ValueError(f"layers must be 'all', a positive int (last k blocks) or a non-empty list of block "
+                             f"indices, got {self.layers!r}")
+        if not isinstance(self.freeze_backbone, bool):
+            raise ValueError(f"freeze_backbone must be a bool, got {self.freeze_backbone!r}")
         if isinstance(self.layers, list):
             self.layers = tuple(self.layers)
         if self.backbone_dtype not in (None, torch.float16, torch.bfloat16, torch.float32):
@@ -190,8 +197,9 @@ class BackboneArch:
         for i, blk in enumerate(self.container):
             if self.kind == "hf":
                 x = blk(x, None)  # CLIP's layer takes the mask positionally, without a default
-            elif ckpt:
-                x = torch.utils.checkpoint.checkpoint(blk, x, None, None, None, use_reentrant=False)
+            elif ckpt:  # a wrapper's frame count goes in as an argument: the re-run in backward gets it too
+                kw = {FRAMES_KWARG: blk.frames.num_frames} if isinstance(blk, STAdapterBlock) else {}
+                x = torch.utils.checkpoint.checkpoint(blk, x, None, None, None, use_reentrant=False, **kw)
             else:
                 x = blk(x)
             if i in want:
@@ -205,11 +213,21 @@ class BackboneArch:
         return self.block_tokens(frames, [self.depth - 1])[0]
 
 
+#: keyword argument that carries a wrapper call's frame count into the wrapped block's forward
+FRAMES_KWARG = "_st_adapter_num_frames"
+
+
 class STAdapterBlock(nn.Module):
     """A ViT block with ST-Adapters before its attention and/or its MLP.
 
     ``kind`` is "timm", "open_clip" or "hf"; for "hf", ``family`` names the layer's sublayers
-    (:class:`stadapter_fast.hf.Family`)."""
+    (:class:`stadapter_fast.hf.Family`).
+
+    :meth:`forward` reads the frame count from ``frames`` and calls ``block`` with it as the keyword
+    argument :data:`FRAMES_KWARG` (a caller may pass that keyword itself). The block's forward is
+    :meth:`block_forward`, set on the block instance: calling the block runs its hooks (transformers
+    records ``output_hidden_states`` with them) around the adapted computation, and any re-run of
+    the call with the same arguments uses the same frame count."""
 
     def __init__(self, block: nn.Module, kind: str, frames: FrameContext,
                  pre_attn: Optional[nn.Module], pre_mlp: Optional[nn.Module], family: Optional[hf.Family] = None):
@@ -232,35 +250,48 @@ class STAdapterBlock(nn.Module):
         self.batch_first = kind in ("timm", "hf") or getattr(getattr(block, "attn", None), "batch_first", True)
         #: activation checkpointing (see :func:`set_backbone_checkpointing`)
         self.checkpoint = False
+        block.forward = self.block_forward
 
-    def _adapt(self, adapter: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        kwargs.setdefault(FRAMES_KWARG, self.frames.num_frames)
+        return self.block(x, *args, **kwargs)
+
+    def block_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The wrapped block's forward: its sublayers with the adapters in between, for clips of
+        ``kwargs[FRAMES_KWARG]`` frames (the context's count when the block is called without it).
+        Checkpointed when :attr:`checkpoint` is set and gradients are on, or when transformers'
+        ``gradient_checkpointing_enable()`` has turned it on for the layer; the re-run in backward gets
+        the same frame count, and restores the RNG state, so dropout masks repeat."""
+        T = kwargs.pop(FRAMES_KWARG, None)
+        T = self.frames.num_frames if T is None else T
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, T, *args, use_reentrant=False, **kwargs)
+        hf_checkpoint = hf.layer_checkpointing(self.block) if self.kind == "hf" else None
+        if hf_checkpoint is not None:
+            return hf_checkpoint(functools.partial(self._forward, **kwargs), x, T, *args)
+        return self._forward(x, T, *args, **kwargs)
+
+    def _adapt(self, adapter: Optional[nn.Module], x: torch.Tensor, T: int) -> torch.Tensor:
         if adapter is None:
             return x
         if self.batch_first:
-            return adapter(x, self.frames.num_frames)
-        return adapter(x.transpose(0, 1), self.frames.num_frames).transpose(0, 1)  # LND <-> NLD
+            return adapter(x, T)
+        return adapter(x.transpose(0, 1), T).transpose(0, 1)  # LND <-> NLD
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.checkpoint and torch.is_grad_enabled():
-            # keep only the block's input; backward re-runs the block (adapters included). The RNG
-            # state is restored for the re-run, so dropout masks repeat.
-            return torch.utils.checkpoint.checkpoint(self._forward, x, *args, use_reentrant=False, **kwargs)
-        return self._forward(x, *args, **kwargs)
-
-    def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, T: int, *args, **kwargs) -> torch.Tensor:
         b = self.block
-        x = self._adapt(self.pre_attn, x)
+        x = self._adapt(self.pre_attn, x, T)
         if self.kind == "timm":
             x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), *args, **kwargs)))
-            x = self._adapt(self.pre_mlp, x)
+            x = self._adapt(self.pre_mlp, x, T)
             return x + b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
         if self.kind == "hf":
             x = hf.run_layer_branch(b, self.family, "attn", x, *args, **kwargs)
-            x = self._adapt(self.pre_mlp, x)
+            x = self._adapt(self.pre_mlp, x, T)
             return hf.run_layer_branch(b, self.family, "mlp", x)
         attn_mask = kwargs.get("attn_mask", args[2] if len(args) > 2 else None)
         x = x + b.ls_1(b.attention(q_x=b.ln_1(x), attn_mask=attn_mask))
-        x = self._adapt(self.pre_mlp, x)
+        x = self._adapt(self.pre_mlp, x, T)
         return x + b.ls_2(b.mlp(b.ln_2(x)))
 
 
@@ -318,7 +349,10 @@ def add_st_adapters(backbone: nn.Module, cfg: Optional[STAdapterConfig] = None, 
 
 
 def set_num_frames(model: nn.Module, num_frames: int) -> None:
-    """Set the frame count the adapters of ``model`` (a backbone or classifier) use."""
+    """Set the frame count the adapters of ``model`` (a backbone or classifier) use.
+
+    Each call of a wrapped block reads it once; a checkpointing that re-calls the wrapper itself in
+    backward (timm's ``set_grad_checkpointing``) reads it again, so keep it until that backward."""
     ctx = getattr(model, "st_adapter_frames", None) or getattr(getattr(model, "backbone", None), "st_adapter_frames", None)
     if ctx is None:
         raise ValueError("model has no ST-Adapters (call add_st_adapters first)")

@@ -1,5 +1,6 @@
 """ST-Adapters in timm and open_clip ViTs (random weights, small images), VideoClassifier, checkpoints."""
 import copy
+import re
 import sys
 
 import pytest
@@ -147,6 +148,12 @@ def test_config_and_backbone_errors():
         STAdapterConfig(impl="cuda")
     with pytest.raises(ValueError, match="kernel_size must be three odd positive ints"):
         STAdapterConfig(kernel_size=(2, 1, 1))
+    for empty in ((), []):
+        with pytest.raises(ValueError, match=rf"layers must be 'all', .* non-empty list of block indices, "
+                                             rf"got {re.escape(repr(empty))}"):
+            STAdapterConfig(layers=empty)
+    with pytest.raises(ValueError, match="freeze_backbone must be a bool, got 'no'"):
+        STAdapterConfig(freeze_backbone="no")
     with pytest.raises(ValueError, match="unsupported backbone Linear"):
         add_st_adapters(torch.nn.Linear(3, 3))
     m = add_st_adapters(tiny_timm(), STAdapterConfig(adapter_channels=8))
@@ -329,3 +336,86 @@ def test_backbone_checkpointing_same_gradients_less_memory(make):
         assert torch.equal(out_ckpt, clf(v))
     with pytest.raises(ValueError, match="enabled must be a bool"):
         set_backbone_checkpointing(clf, "yes")
+
+
+def tiny_open_clip_tower():
+    """A small open_clip image tower (2 blocks of width 32)."""
+    pytest.importorskip("open_clip", reason="open_clip_torch is not installed")
+    from open_clip.transformer import VisionTransformer as OpenCLIPViT
+
+    torch.manual_seed(0)
+    return OpenCLIPViT(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2.0, output_dim=16)
+
+
+@pytest.mark.parametrize("make,mechanism", [
+    (tiny_timm, "set_backbone_checkpointing"),
+    (tiny_open_clip_tower, "set_backbone_checkpointing"),
+    (tiny_open_clip_tower, "open_clip set_grad_checkpointing"),
+], ids=["timm", "open_clip", "open_clip_own"])
+def test_checkpointing_with_mixed_frame_counts_same_gradients(make, mechanism):
+    """Two clips with the same B*T but different T (8, then 4) through the backbone before one
+    backward: the re-run of each checkpointed block in backward uses its own call's T, so the
+    gradients equal those without checkpointing (fp64; the loss is on the tokens, the head being fp32)."""
+    from stadapter_fast import set_backbone_checkpointing
+
+    clf = VideoClassifier(add_st_adapters(make(), STAdapterConfig(adapter_channels=8, positions=("pre_attn", "pre_mlp"),
+                                                                   backend="torch")), 3, num_frames=8)
+    randomize_trainable(clf, seed=2, std=0.3)
+    clf.double().eval()
+    a, b = video(B=2, T=8, seed=1).double(), video(B=4, T=4, seed=2).double()
+    params = [p for p in clf.backbone.parameters() if p.requires_grad]
+
+    def grads():
+        loss = clf.frame_tokens(a).square().sum() + clf.frame_tokens(b).square().sum()
+        return torch.autograd.grad(loss, params)
+
+    plain = grads()
+    if mechanism == "set_backbone_checkpointing":
+        assert set_backbone_checkpointing(clf, True) > 0
+    else:
+        clf.backbone.set_grad_checkpointing(True)
+    for g, e in zip(grads(), plain):
+        assert_close(g, e, torch.float64, "grad")
+
+
+def test_hooks_on_a_wrapped_block_see_its_input_and_adapted_output():
+    """Hooks registered on a block before wrapping still fire: the pre-hook gets the block's input, the
+    forward hook the block's output with the adapters applied."""
+    model = tiny_timm()
+    seen = {}
+    model.blocks[1].register_forward_pre_hook(lambda mod, args: seen.__setitem__("input", args[0]))
+    model.blocks[1].register_forward_hook(lambda mod, args, out: seen.__setitem__("output", out))
+    cfg = STAdapterConfig(adapter_channels=8, positions=("pre_attn", "pre_mlp"))
+    clf = VideoClassifier(add_st_adapters(model, cfg), 3, num_frames=4).eval()
+    randomize_trainable(clf, std=0.3)
+    v = video()
+    frames = v.transpose(1, 2).reshape(-1, 3, 32, 32)
+    with torch.no_grad():
+        tokens = clf.arch.block_tokens(frames, [0, 1])
+        seen.clear()
+        model.forward_features(frames)
+        plain_block1 = model.blocks[1].block.__class__.forward(model.blocks[1].block, tokens[0])
+    assert torch.equal(seen["input"], tokens[0])
+    assert torch.equal(seen["output"], tokens[1])
+    assert not torch.allclose(seen["output"], plain_block1)  # the adapters changed it
+
+
+@pytest.mark.parametrize("make", [tiny_timm, tiny_open_clip_tower], ids=["timm", "open_clip"])
+def test_deep_copy_and_pickle_give_independent_models(make, tmp_path):
+    """copy.deepcopy and torch.save/torch.load of the whole classifier: the copy runs its own blocks and
+    adapters (changing its adapters leaves the original as it was), with the same state_dict keys."""
+    clf = build_clf(make).eval()
+    randomize_trainable(clf, seed=4)
+    v = video()
+    with torch.no_grad():
+        expected = clf(v)
+    torch.save(clf, tmp_path / "clf.pt")
+    for other in (copy.deepcopy(clf), torch.load(tmp_path / "clf.pt", weights_only=False)):
+        assert list(other.state_dict()) == list(clf.state_dict())
+        with torch.no_grad():
+            assert torch.equal(other(v), expected)
+            for n, p in other.named_parameters():
+                if ".pre_mlp." in n:
+                    p.add_(torch.randn_like(p))
+            assert not torch.allclose(other(v), expected)
+            assert torch.equal(clf(v), expected)

@@ -1,7 +1,8 @@
 """ST-Adapters in Hugging Face transformers vision towers (tiny configs, random weights, no download):
 identity at init against the plain model, parameter counts, frozen backbone, checkpoints, fast vs
-reference adapters, M-Adapter, activation checkpointing, torch.export and torch.compile (also for the
-timm and open_clip paths), the training CLI's model building, and the errors."""
+reference adapters, M-Adapter, output_hidden_states, activation checkpointing, torch.export and
+torch.compile (also for the timm and open_clip paths), the training CLI's model building, and the
+errors."""
 import copy
 
 import pytest
@@ -196,6 +197,63 @@ def test_backbone_checkpointing_same_gradients(family):
     assert torch.equal(loss0, loss1)
     for a, b in zip(grads0, grads1):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("layers", ["all", 1])
+def test_output_hidden_states_are_the_adapted_layers(family, layers):
+    """``output_hidden_states=True`` on the wrapped model: the embeddings, then every layer's output
+    (adapters included); the last entry is the last layer's output before the final norm, which
+    ``last_hidden_state`` is (CLIP) or has applied (the others)."""
+    clf = classifier(family, layers=layers).eval()
+    randomize_trainable(clf, std=0.3)
+    arch, frames = clf.arch, frames_of(video())
+    with torch.no_grad():
+        out = clf.backbone(pixel_values=frames, output_hidden_states=True)
+        expected = [arch.embed(frames), *arch.block_tokens(frames, list(range(arch.depth)))]
+        plain_last = type(arch.container[-1].block).forward(arch.container[-1].block, expected[-2], None)
+    hidden = out.hidden_states
+    assert len(hidden) == arch.depth + 1
+    for i, (h, e) in enumerate(zip(hidden, expected)):
+        assert torch.equal(h, e), i
+    assert not torch.allclose(hidden[-1], plain_last[0] if isinstance(plain_last, tuple) else plain_last)
+    last = hidden[-1] if arch.hf.config.model_type == "clip_vision_model" else arch.final_norm(hidden[-1])
+    assert torch.equal(out.last_hidden_state, last)
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2"])
+@pytest.mark.parametrize("mechanism", ["set_backbone_checkpointing", "transformers"])
+def test_checkpointing_with_mixed_frame_counts_same_gradients(family, mechanism):
+    """Clips of 8 and then 4 frames (same B*T) before one backward, in training mode (ViT's dropout,
+    DINOv2's drop path): each wrapped layer is re-run in backward with its own call's T, so the
+    gradients equal those without checkpointing (fp64). transformers' own checkpointing reaches the
+    wrapped layers: their attention runs again in backward."""
+    clf = classifier(family, backend="torch", T=8)
+    randomize_trainable(clf, seed=2, std=0.3)
+    clf.double().train()
+    a, b = video(B=2, T=8, seed=1).double(), video(B=4, T=4, seed=2).double()
+    params = [p for p in clf.backbone.parameters() if p.requires_grad]
+    attn = getattr(clf.arch.container[0].block, clf.arch.hf.family.attn)
+    calls = []
+    attn.register_forward_hook(lambda *_: calls.append(1))
+
+    def grads():
+        torch.manual_seed(7)
+        loss = clf.frame_tokens(a).square().sum() + clf.frame_tokens(b).square().sum()
+        return torch.autograd.grad(loss, params)
+
+    plain = grads()
+    assert len(calls) == 2
+    if mechanism == "set_backbone_checkpointing":
+        assert set_backbone_checkpointing(clf, True) == 2
+    elif hasattr(clf.backbone, "activation_checkpointing_enable"):
+        clf.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before activation_checkpointing_enable
+        clf.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls.clear()
+    for g, e in zip(grads(), plain):
+        assert_close(g, e, torch.float64, "grad")
+    assert len(calls) == 4  # two forwards, two re-runs in backward
 
 
 @pytest.mark.parametrize("family", list(MAKERS) + ["dinov2_registers_32x48_input"])

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .lists import VideoItem
-from .pyav_loader import (CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, decodable_frames, decode_video,
-                          make_pyav_loader)
+from .pyav_loader import (CLIP_MEAN, CLIP_STD, VideoClipDataset, VideoDecodeError, check_long_enough, decodable_frames,
+                          decode_video, make_pyav_loader)
 from .sampling import ClipSampling, clip_views, epoch_order, sample_rng
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
@@ -101,8 +101,7 @@ def probe(items: Sequence[VideoItem], min_frames: int, on_error: str) -> tuple[d
                 s = c.streams.video[0]
                 n = s.frames or sum(1 for _ in c.decode(video=0))
                 info = VideoInfo(n, s.codec_context.height, s.codec_context.width, s.codec_context.name)
-            if n < min_frames:
-                raise VideoDecodeError(f"{it.path}: too short ({n} frames, need {min_frames})")
+            check_long_enough(it.path, n, min_frames)
             good[i] = seen[it.path] = info
         except Exception as e:
             err = e if isinstance(e, VideoDecodeError) else VideoDecodeError(f"{it.path}: cannot open video ({e})")
@@ -248,8 +247,7 @@ class DALILoader:
         else:
             video = decode_video(item.path)
             n, h, w = video.shape[:3]
-            if n < self.cfg.num_frames:  # the probe counted more: as VideoClipDataset.load says it
-                raise VideoDecodeError(f"{item.path}: too short ({n} frames, need {self.cfg.num_frames})")
+            check_long_enough(item.path, n, self.cfg.num_frames)  # the probe may have counted more
         views = clip_views(self.cfg, n, h, w, self.train, sample_rng(self.seed, epoch, index))
         sv = 1 if self.train else self.cfg.spatial_views
         frames = np.concatenate([v.frames for v in views[::sv]])

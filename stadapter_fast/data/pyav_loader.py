@@ -20,6 +20,12 @@ class VideoDecodeError(RuntimeError):
     """A video that cannot be used: unreadable, truncated or too short. The message names the file."""
 
 
+def check_long_enough(path: str, frames: int, need: int) -> None:
+    """A :class:`VideoDecodeError` naming ``path`` if its ``frames`` are fewer than the ``need`` of a clip."""
+    if frames < need:
+        raise VideoDecodeError(f"{path}: too short ({frames} frames, need {need})")
+
+
 @contextmanager
 def _decoding(path: str):
     """PyAV's decoded frames of ``path`` (an iterator); whatever PyAV raises, opening or decoding,
@@ -92,8 +98,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def load(self, i: int):
         item = self.items[i]
         video = decode_video(item.path)
-        if len(video) < self.cfg.num_frames:
-            raise VideoDecodeError(f"{item.path}: too short ({len(video)} frames, need {self.cfg.num_frames})")
+        check_long_enough(item.path, len(video), self.cfg.num_frames)
         video = torch.from_numpy(video)
         clips = [augment(video[v.frames], v, self.cfg.size) for v in self.views(i, *video.shape[:3])]
         return (clips[0] if self.train else torch.stack(clips)), item.label

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="fp16 uses a GradScaler")
     o.add_argument("--backbone-dtype", choices=["none", "fp16", "bf16"], default="none",
                    help="cast the frozen backbone (the release: fp16, with --amp fp16)")
-    o.add_argument("--max-steps", type=_POSITIVE, default=None, help="stop after this many optimizer steps (smoke tests)")
+    o.add_argument("--max-steps", type=_POSITIVE, default=None,
+                   help="stop after this many optimizer steps; --resume goes on from there, mid-epoch too")
     r = ap.add_argument_group("run and checkpoints")
     r.add_argument("--out", default="runs/default", help="output folder (metrics, summary, last.pt, adapters)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -342,17 +343,38 @@ def _run_args_problem(saved, run_args: Optional[dict]) -> Optional[str]:
     return None
 
 
+_PARTIAL_KEYS = {"batch": int, "losses": list, "clips": int, "bad": list, "counts": dict, "time_s": float,
+                 "world": int, "rng": dict}
+
+
+def _partial_problem(partial, batches: Optional[int], world: Optional[int]) -> Optional[str]:
+    """What is wrong with the record of an epoch stopped part-way (``last.pt``'s ``partial``, absent
+    when the last epoch ended) for a loader of ``batches`` per epoch and ``world`` ranks, or None."""
+    if partial is None:
+        return None
+    if not isinstance(partial, dict) or any(type(partial.get(k)) is not t for k, t in _PARTIAL_KEYS.items()):
+        return f"entry 'partial' is not the record of a stopped epoch ({{{', '.join(_PARTIAL_KEYS)}}})"
+    if world is not None and partial["world"] != world:
+        return (f"it stopped part-way through an epoch sharded over {partial['world']} rank(s), got {world}; "
+                f"resume on {partial['world']} rank(s) (another count would shard the epoch's clips anew)")
+    if batches is not None and not 0 < partial["batch"] < batches:
+        return (f"it stopped after batch {partial['batch']} of an epoch, expected 1..{batches - 1} (the "
+                f"{batches} batches an epoch has here)")
+    return None
+
+
 def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int] = None,
-                        run_args: Optional[dict] = None) -> Optional[str]:
-    """What makes ``ck`` unusable for ``model``/``opt`` (and a loader seeded with ``data_seed``, and
-    a run of ``run_args``), or None."""
+                        run_args: Optional[dict] = None, batches: Optional[int] = None,
+                        world: Optional[int] = None) -> Optional[str]:
+    """What makes ``ck`` unusable for ``model``/``opt`` (and a loader seeded with ``data_seed``, of
+    ``batches`` per epoch over ``world`` ranks, and a run of ``run_args``), or None."""
     if not isinstance(ck, dict):
         return f"holds a {type(ck).__name__}, not a checkpoint dict"
     for key, kind in _CHECKPOINT_KEYS.items():
         if not isinstance(ck.get(key), kind):
             return f"entry {key!r} is {type(ck.get(key)).__name__}, expected {kind.__name__}"
     problem = (_data_rng_problem(ck.get("data_rng"), ck["epoch"], data_seed)
-               or _run_args_problem(ck.get("args"), run_args))
+               or _run_args_problem(ck.get("args"), run_args) or _partial_problem(ck.get("partial"), batches, world))
     if problem:
         return problem
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -373,10 +395,12 @@ def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
-                    data_seed: Optional[int] = None, run_args: Optional[dict] = None) -> dict:
+                    data_seed: Optional[int] = None, run_args: Optional[dict] = None,
+                    batches: Optional[int] = None, world: Optional[int] = None) -> dict:
     """Load ``last.pt`` for ``--resume``; ``data_seed`` (the loaders' ``--seed``) must be the one the
     checkpointed run sampled its clips with, and ``run_args`` (:func:`plain_args` of the resumed run)
-    must hold its :data:`RUN_FLAGS`. ``weights_only=True``: a hostile file cannot run code.
+    must hold its :data:`RUN_FLAGS`; an epoch it stopped part-way must have been of ``batches`` per
+    epoch over ``world`` ranks. ``weights_only=True``: a hostile file cannot run code.
     Every check comes before the first change, so a damaged file raises a ValueError naming it and
     the problem, and changes nothing."""
     if not path.exists():
@@ -389,7 +413,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). A last.pt that holds "
                          f"objects beyond tensors and plain types (e.g. numpy RNG state, as older versions wrote) "
                          f"is refused: start a new run") from e
-    problem = _checkpoint_problem(ck, model, opt, data_seed, run_args)
+    problem = _checkpoint_problem(ck, model, opt, data_seed, run_args, batches, world)
     if problem:
         raise ValueError(f"--resume: {path}: {problem}; nothing was loaded")
     params = dict(model.named_parameters())
@@ -548,6 +572,9 @@ class Trainer:
     rank: int = 0
     world: int = 1
     start_epoch: int = 0
+    #: an epoch that a stopped run (``--max-steps``) left part-way: what its batches before the stop
+    #: gave (:func:`_partial_record`), continued from there by the first epoch trained; else None
+    partial: Optional[dict] = None
     step: int = 0
     metrics: list = field(default_factory=list)
     last_good: str = "none written yet"
@@ -592,11 +619,20 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
 def resume(tr: Trainer) -> None:
     """Continue from ``last.pt``: weights, optimizer, schedule, scaler, RNG states, metrics."""
     ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler,
-                         data_seed=tr.train_loader.rng_state()["seed"], run_args=plain_args(tr.args))
-    tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + 1, ck["step"], ck["metrics"]
-    tr.last_good = f"{tr.ckpt_path} (after epoch {tr.start_epoch}, step {tr.step})"
+                         data_seed=tr.train_loader.rng_state()["seed"], run_args=plain_args(tr.args),
+                         batches=len(tr.train_loader), world=tr.world)
+    tr.partial = ck.get("partial")
+    tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + (tr.partial is None), ck["step"], ck["metrics"]
+    tr.last_good = f"{tr.ckpt_path} ({_where(ck['epoch'], tr.step, tr.partial)})"
     if tr.rank == 0:
         _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
+
+
+def _where(epoch: int, step: int, partial: Optional[dict]) -> str:
+    """Where a checkpoint stands, in words (epoch: its index)."""
+    if partial is None:
+        return f"after epoch {epoch + 1}, step {step}"
+    return f"in epoch {epoch + 1} after its batch {partial['batch']}, step {step}"
 
 
 def _nonfinite(tr: Trainer, what: str, epoch: int) -> None:
@@ -616,16 +652,25 @@ def _update(tr: Trainer, epoch: int) -> None:
         tr.counts["amp_skipped_steps"] += 1
 
 
-def report_bad_videos(what: str, paths: list, dropped: list = ()) -> list:
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_paths(paths: list) -> list:
+    """Every rank's ``paths`` under DDP (each rank reads its own shard), rank by rank; else a copy."""
+    if not _distributed():
+        return list(paths)
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, list(paths))
+    return [p for rank_paths in every for p in rank_paths]
+
+
+def report_bad_videos(what: str, paths: list, dropped: list = (), gathered: bool = False) -> list:
     """Every rank's bad video paths of an epoch's ``what`` ("training", "validation"), gathered under
-    DDP (each rank reads its own shard), then the loader's ``dropped`` (the videos its probe left out
+    DDP (unless ``gathered`` already), then the loader's ``dropped`` (the videos its probe left out
     of every epoch, the same list on every rank), and printed by rank 0, the first five named."""
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if dist:
-        every = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(every, list(paths))
-        paths = [p for rank_paths in every for p in rank_paths]
-    paths = list(paths) + list(dropped)
+    dist = _distributed()
+    paths = (list(paths) if gathered else gather_paths(paths)) + list(dropped)
     if paths and (not dist or torch.distributed.get_rank() == 0):
         print(f"{what}: skipped {len(paths)} bad video(s): " + ", ".join(paths[:5])
               + (" ..." if len(paths) > 5 else ""), flush=True)
@@ -674,22 +719,47 @@ def steady_clips_per_s(stamps: list, wave: int = 1) -> Optional[float]:
 class EpochStats:
     time_s: float
     clips: int  # all ranks
-    reached_max_steps: bool  # stopped mid-epoch at --max-steps
+    #: stopped at --max-steps before the epoch's last batch: what a resumed run continues from
+    #: (:func:`_partial_record`); None for a whole epoch
+    partial: Optional[dict] = None
+
+
+def _partial_record(batch: int, losses: list, clips: int, bad: list, counts: dict, time_s: float, world: int,
+                    rng: dict) -> dict:
+    """What an epoch stopped after its ``batch``-th batch (per rank) gave so far, as ``last.pt`` holds
+    it, so that a resumed run ends the epoch as an uninterrupted one: its loss and clip counts, its bad
+    videos, the world size (the batches are this sharding's) and the RNG states at the stop (before
+    validation draws from them)."""
+    return {"batch": batch, "losses": [float(v) for v in losses], "clips": clips, "bad": list(bad),
+            "counts": dict(counts), "time_s": float(time_s), "world": world, "rng": rng}
 
 
 def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     """One epoch of training, stopping early at ``--max-steps``: the epoch's metrics record (without
-    validation) and its timing."""
+    validation) and its timing. An epoch a stopped run left part-way (``tr.partial``) goes on from
+    the batch after the last one it trained on."""
     from tqdm.auto import tqdm
 
     args, device = tr.args, tr.device
-    tr.train_loader.set_epoch(epoch)
+    carried, tr.partial = tr.partial, None
+    first = carried["batch"] if carried else 0
+    tr.train_loader.set_epoch(epoch, first_batch=first)
     tr.model.train()
-    losses, bad, t0, n_clips, pending, stopped, stamps = [], [], time.time(), 0, 0, False, []
-    tr.counts = {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
+    losses, bad, n_clips = [], [], 0
+    if carried:
+        losses, n_clips = list(carried["losses"]), carried["clips"]
+        bad = list(carried["bad"]) if tr.rank == 0 else []  # every rank's, gathered at the stop: held once
+    t0 = time.time() - (carried["time_s"] if carried else 0.0)
+    pending, batch, stamps = 0, first, []
+    tr.counts = dict(carried["counts"]) if carried else {"nonfinite_skipped": 0, "amp_skipped_steps": 0}
     bar = tqdm(tr.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet or tr.rank != 0,
-               leave=False)
+               leave=False, initial=first, total=len(tr.train_loader))
     for clips, labels, bad_paths in bar:
+        if carried and batch == first:
+            # the RNG states at the stop, now that the loader has drawn its seeds as it did at the start
+            # of the stopped run's epoch (a DataLoader iterator draws one from torch's when it starts)
+            _set_rng_state(carried["rng"])
+        batch += 1
         bad += bad_paths
         stand_in = clips is None  # every video of the batch was bad
         if stand_in:
@@ -719,7 +789,6 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
             stamps.append((time.perf_counter(), n_clips))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", clips_s=f"{n_clips / (time.time() - t0):.1f}")
         if tr.max_steps_reached():
-            stopped = True
             break
     if pending:  # micro-batches left over from an incomplete accumulation: step on their mean too
         with torch.no_grad():  # each loss was divided by --grad-accum, not by the pending count
@@ -728,12 +797,18 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
                     p.grad.mul_(args.grad_accum / pending)
         _update(tr, epoch)
     dt = time.time() - t0
-    bad = report_bad_videos(f"epoch {epoch + 1} training", bad, tr.train_loader.dropped)
+    partial, bad = None, gather_paths(bad)
+    if batch < len(tr.train_loader):  # stopped at --max-steps (pending is 0: the stop follows an update)
+        partial = _partial_record(batch, losses, n_clips, bad, tr.counts, dt, tr.world, _rng_state())
+    bad = report_bad_videos(f"epoch {epoch + 1} training", bad, tr.train_loader.dropped, gathered=True)
     steady = steady_clips_per_s(stamps, tr.train_loader.batches_per_wave)
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": tr.sched.get_last_lr()[0], "clips_per_s": n_clips * tr.world / max(dt, 1e-9),
            "clips_per_s_steady": None if steady is None else steady * tr.world, "train_bad": len(bad), **tr.counts}
-    return rec, EpochStats(dt, n_clips * tr.world, stopped)
+    if partial is not None:
+        rec["partial_batches"] = f"{batch}/{len(tr.train_loader)}"
+    before = carried or {"time_s": 0.0, "clips": 0}  # the stopped run's part of the epoch, counted there
+    return rec, EpochStats(dt - before["time_s"], (n_clips - before["clips"]) * tr.world, partial)
 
 
 def plain_args(args) -> dict:
@@ -741,14 +816,18 @@ def plain_args(args) -> dict:
     return json.loads(json.dumps(vars(args), default=str))
 
 
-def save_checkpoint(tr: Trainer, epoch: int) -> None:
+def save_checkpoint(tr: Trainer, epoch: int, partial: Optional[dict] = None) -> None:
     """``last.pt`` (atomically; tensors and plain types only, so it loads with ``weights_only=True``),
-    then ``metrics.jsonl`` rewritten from the records it holds."""
+    then ``metrics.jsonl`` rewritten from the records it holds. ``partial``: the epoch stopped
+    part-way (:func:`_partial_record`)."""
     trainable = {n: p.detach() for n, p in tr.model.named_parameters() if p.requires_grad}
-    atomic_save({"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
-                 "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
-                 "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args(tr.args)}, tr.ckpt_path)
-    tr.last_good = f"{tr.ckpt_path} (after epoch {epoch + 1}, step {tr.step})"
+    ck = {"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
+          "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
+          "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args(tr.args)}
+    if partial is not None:
+        ck["partial"] = partial
+    atomic_save(ck, tr.ckpt_path)
+    tr.last_good = f"{tr.ckpt_path} ({_where(epoch, tr.step, partial)})"
     _write_metrics(tr.out / "metrics.jsonl", tr.metrics)
 
 
@@ -764,12 +843,14 @@ def train_epochs(tr: Trainer) -> tuple[float, int]:
         rec, stats = train_epoch(tr, epoch)
         train_time += stats.time_s
         train_clips += stats.clips
-        done = stats.reached_max_steps
+        done = tr.max_steps_reached()
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs or done:
             rec.update(evaluate(tr.model, tr.val_loader, tr.device, tr.amp_dtype))
+        if tr.metrics and tr.metrics[-1]["epoch"] == epoch + 1:  # the record of this epoch's stopped part
+            tr.metrics.pop()
         tr.metrics.append(rec)
         if tr.rank == 0:
-            save_checkpoint(tr, epoch)
+            save_checkpoint(tr, epoch, stats.partial)
             if not args.quiet:
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
     return train_time, train_clips

@@ -80,10 +80,12 @@ def data_vp9(tmp_path_factory):
 
 @pytest.mark.parametrize("loader", ["pyav", "dali", "dali-pyav-workers"])
 def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
-    """Epoch 2 of a run resumed from last.pt sees the clips and augmentations of an uninterrupted run's
-    epoch 2 (the loaders' randomness is a function of (seed, epoch, index); last.pt records both), so
-    the weights end bit-identical. DALI: VP9 through its decoder, and the mixed set through PyAV in
-    two worker processes."""
+    """A run stopped part-way through epoch 1 (``--max-steps 1``), resumed to the end of it, then
+    resumed at the epoch boundary for epoch 2, sees the clips, augmentations and dropout masks of an
+    uninterrupted run (the loaders' randomness is a function of (seed, epoch, index); last.pt records
+    both, the batch an epoch stopped after and the RNG states there), so the weights end bit-identical
+    and so do the epochs' losses. DALI: VP9 through its decoder, and the mixed set through PyAV in two
+    worker processes."""
     flags, data, kind = {"pyav": (["--loader", "pyav"], data, "pyav"),
                          "dali": (["--loader", "dali"], data_vp9, "dali-cpu-decoder"),
                          "dali-pyav-workers": (["--loader", "dali", "--workers", "2"], data, "dali-cpu-pyav-source"),
@@ -92,7 +94,13 @@ def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
         pytest.importorskip("nvidia.dali")
     common = [*flags, "--dropout", "0.5"]
     main(args(data, tmp_path / "straight", *common, "--epochs", "2", "--seed", "3"))
-    main(args(data, tmp_path / "resumed", *common, "--epochs", "1", "--seed", "3"))
+    main(args(data, tmp_path / "resumed", *common, "--epochs", "2", "--seed", "3", "--max-steps", "1"))
+    stopped = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert stopped["epoch"] == 0 and stopped["step"] == 1 and stopped["partial"]["batch"] == 1
+    assert [(r["epoch"], r["partial_batches"]) for r in stopped["metrics"]] == [(1, "1/2")]
+    main(args(data, tmp_path / "resumed", *common, "--epochs", "2", "--seed", "3", "--max-steps", "2", "--resume"))
+    ended = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert ended["epoch"] == 0 and ended["step"] == 2 and "partial" not in ended
     s = main(args(data, tmp_path / "resumed", *common, "--epochs", "2", "--seed", "3", "--resume"))
     assert s["loader"] == kind
     # tensors and plain types only: loads without unpickling arbitrary objects
@@ -102,7 +110,9 @@ def test_resume_continues_exactly(data, data_vp9, tmp_path, loader):
     assert a["data_rng"] == b["data_rng"] == {"seed": 3, "epoch": 1}
     for k in a["trainable"]:
         assert torch.equal(a["trainable"][k], b["trainable"][k]), k
-    assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
+    for ra, rb in zip(a["metrics"], b["metrics"], strict=True):
+        assert (ra["epoch"], ra["step"], ra["train_loss"], ra["val_top1"]) == (rb["epoch"], rb["step"],
+                                                                                rb["train_loss"], rb["val_top1"])
     lines = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == b["metrics"]
     # another seed would sample other clips: refused, naming the flag, the expected and the given value
@@ -132,11 +142,15 @@ def test_damaged_or_hostile_checkpoint_is_refused_and_kept(data, tmp_path):
     run = tmp_path / "run"
     main(args(data, run, "--loader", "pyav", "--epochs", "1", "--max-steps", "1"))
     good = torch.load(run / "last.pt", weights_only=True)
+    assert good["partial"]["batch"] == 1  # stopped after batch 1 of 2
     first = next(iter(good["trainable"]))
     marker = tmp_path / "pwned"
 
     def with_tensor(t):
         return {**good, "trainable": {**good["trainable"], first: t}}
+
+    def with_partial(**kw):
+        return {**good, "partial": {**good["partial"], **kw}}
 
     unreadable = "cannot be read as a training checkpoint"
     damaged = {
@@ -148,6 +162,11 @@ def test_damaged_or_hostile_checkpoint_is_refused_and_kept(data, tmp_path):
         "missing key": (lambda p: torch.save({k: v for k, v in good.items() if k != "opt"}, p), "entry 'opt'"),
         "non-finite": (lambda p: torch.save(with_tensor(torch.full_like(good["trainable"][first], float("nan"))), p),
                        "non-finite"),
+        # an epoch stopped part-way on 2 ranks: this run's one rank would shard its clips anew
+        "other world": (lambda p: torch.save(with_partial(world=2), p), r"sharded over 2 rank\(s\), got 1"),
+        "batch past the epoch": (lambda p: torch.save(with_partial(batch=2), p),
+                                 r"after batch 2 of an epoch, expected 1..1 \(the 2 batches"),
+        "damaged partial": (lambda p: torch.save(with_partial(losses="x"), p), "entry 'partial' is not the record"),
     }
     ckpt = run / "last.pt"
     for name, (damage, why) in damaged.items():
@@ -344,6 +363,10 @@ def test_grad_accum_steps_on_leftover_micro_batches(data, tmp_path):
     # 2 batches per epoch, accumulation 4: one (partial) step per epoch instead of none
     s = main(args(data, tmp_path, "--loader", "pyav", "--epochs", "2", "--grad-accum", "4"))
     assert s["steps"] == 2
+    # a leftover step that reaches --max-steps ends the run: no epoch 2 (it trained a step past it)
+    s = main(args(data, tmp_path / "capped", "--loader", "pyav", "--epochs", "2", "--grad-accum", "4",
+                  "--max-steps", "1"))
+    assert s["steps"] == 1 and s["epochs"] == 1
 
 
 def test_leftover_accumulation_steps_on_the_mean_of_its_micro_batches(tmp_path, monkeypatch):
@@ -354,7 +377,7 @@ def test_leftover_accumulation_steps_on_the_mean_of_its_micro_batches(tmp_path, 
     class Identical:
         batches_per_wave, dropped = 1, []
 
-        def set_epoch(self, epoch):
+        def set_epoch(self, epoch, first_batch=0):
             pass
 
         def __len__(self):

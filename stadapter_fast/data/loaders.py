@@ -132,7 +132,7 @@ class PyAVLoader:
                                    on_error="raise" if args.on_bad_video == "fail" else "skip", seed=args.seed)
         self.train, self.seed, self.rank, self.world = train, args.seed, rank, world
         self.batch_size, self.workers, self.pin_memory = args.batch_size, args.workers, pin_memory
-        self.epoch = 0
+        self.epoch = self.first_batch = 0
 
     @property
     def batches_per_wave(self) -> int:
@@ -140,8 +140,10 @@ class PyAVLoader:
         batch, round-robin, so they come in bursts of ``workers``."""
         return max(1, self.workers)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """The epoch the next iteration serves, from its ``first_batch`` on (an epoch resumed where a
+        run stopped: the batches before it are the ones the stopped run trained on)."""
+        self.epoch, self.first_batch = epoch, check_first_batch(first_batch, len(self))
         self.ds.set_epoch(epoch)
 
     def rng_state(self) -> dict:
@@ -158,7 +160,8 @@ class PyAVLoader:
         return math.ceil(math.ceil(len(self.pool) / self.world) / self.batch_size)
 
     def __iter__(self):
-        loader = make_pyav_loader(torch.utils.data.Subset(self.ds, self._indices()), self.batch_size, shuffle=False,
+        indices = self._indices()[self.first_batch * self.batch_size:]
+        loader = make_pyav_loader(torch.utils.data.Subset(self.ds, indices), self.batch_size, shuffle=False,
                                   num_workers=self.workers, drop_last=self.train, pin_memory=self.pin_memory)
         return iter(loader)
 
@@ -193,6 +196,7 @@ class DALILoader:
         nvdec = self.gpu and (choice == "gpu" or (choice == "auto" and nvdec_available()))
         self.mode, self.decode_device, self.kind = dali_decode_plan(self.gpu, nvdec, codecs)
         self.train, self.seed, self.rank, self.world, self.epoch = train, args.seed, rank, world, 0
+        self.first_batch = 0
         self.batch_size, self.threads = args.batch_size, max(1, args.workers)
         self.decode_workers = args.workers  # PyAV mode's decoding processes (0: the source callback)
         self.on_error = args.on_bad_video
@@ -213,8 +217,9 @@ class DALILoader:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock(), _skipped=[])
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """As :meth:`PyAVLoader.set_epoch`."""
+        self.epoch, self.first_batch = epoch, check_first_batch(first_batch, len(self))
 
     def rng_state(self) -> dict:
         """All the loader's randomness: each epoch is a pure function of (seed, epoch, index)."""
@@ -299,18 +304,18 @@ class DALILoader:
             self._skipped = [(pos, path) for pos, path in self._skipped if pos >= end]
         return done
 
-    def _decoded(self, plan: list, epoch: int):
-        """PyAV mode with workers: the epoch's samples in plan order as ``(position, sample)``, decoded
+    def _decoded(self, plan: list, epoch: int, start: int = 0):
+        """PyAV mode with workers: the epoch's samples from ``start`` in plan order as ``(position, sample)``, decoded
         ahead in ``decode_workers`` DataLoader processes (started here, before the pipeline's threads;
         they exit when the iterator is dropped). None: the source callback makes each sample itself."""
         if self.mode != "pyav" or self.decode_workers < 1:
             return None
-        return iter(torch.utils.data.DataLoader(_EpochSamples(self, plan, epoch), batch_size=None,
+        return iter(torch.utils.data.DataLoader(_EpochSamples(self, plan, epoch, start), batch_size=None,
                                                 num_workers=self.decode_workers))
 
     def _pipeline(self, plan: list, epoch: int, decoded, start: int = 0):
         """The epoch's pipeline from plan position ``start`` on; ``decoded``: the iterator of
-        :meth:`_decoded` (which starts at 0), or None."""
+        :meth:`_decoded` (from the same position), or None."""
         from nvidia.dali import fn, pipeline_def, types
 
         size, sv = self.cfg.size, 1 if self.train else self.cfg.spatial_views
@@ -371,9 +376,9 @@ class DALILoader:
         names = [f"crop{k}" for k in range(sv)] + ["label"]
         with self._lock:
             self._skipped = []  # a previous epoch stopped early leaves its read-ahead's
-        done = 0  # batches yielded
+        done = self.first_batch  # batches of the epoch yielded (or trained on before a resume)
         while True:
-            decoded = self._decoded(plan, self.epoch)  # PyAV mode; it never restarts (start stays 0)
+            decoded = self._decoded(plan, self.epoch, done * self.batch_size)  # PyAV mode: never restarts
             try:
                 pipe = self._pipeline(plan, self.epoch, decoded, start=done * self.batch_size)
                 for batch in self._batches(DALIGenericIterator(pipe, names, size=-1, auto_reset=False), sv, done):
@@ -460,19 +465,27 @@ def _video_decoder_failed(error: Exception) -> bool:
 
 class _EpochSamples(torch.utils.data.Dataset):
     """One epoch's DALI pipeline inputs (:meth:`DALILoader._sample`) as ``(position, sample)``, in the
-    epoch's plan order: what PyAV mode's decoding workers make."""
+    epoch's plan order from position ``start``: what PyAV mode's decoding workers make."""
 
-    def __init__(self, loader: DALILoader, plan: list, epoch: int):
-        self.loader, self.plan, self.epoch = loader, plan, epoch
+    def __init__(self, loader: DALILoader, plan: list, epoch: int, start: int = 0):
+        self.loader, self.plan, self.epoch, self.start = loader, plan, epoch, start
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.plan) - self.start
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, j: int):
+        k = self.start + j
         try:
             return k, self.loader._sample(*self.plan[k], self.epoch)
         except VideoDecodeError as e:  # its message (it names the file) crosses to the source callback
             return k, str(e)
+
+
+def check_first_batch(first_batch: int, batches: int) -> int:
+    """``first_batch`` of an epoch of ``batches``, checked: an int in ``[0, batches)``, or 0."""
+    if type(first_batch) is not int or not (first_batch == 0 or 0 < first_batch < batches):
+        raise ValueError(f"first_batch: expected an int in [0, {batches}) (the epoch's batches), got {first_batch!r}")
+    return first_batch
 
 
 def make_loaders(args, train_items, val_items, device, rank: int, world: int):

@@ -632,8 +632,17 @@ def test_loader_restarted_at_an_epoch_repeats_it(clip_videos, loader):
     straight.set_epoch(1)
     restarted.set_epoch(1)
     assert straight.rng_state() == restarted.rng_state() == {"seed": 5, "epoch": 1}
-    for (x, y, _), (u, v, _) in zip(straight, restarted, strict=True):
+    batches = list(straight)
+    for (x, y, _), (u, v, _) in zip(batches, restarted, strict=True):
         assert torch.equal(x, u) and torch.equal(y, v)
+    # an epoch resumed after its first batch (a run stopped there): the rest of its batches
+    assert len(batches) == 2
+    restarted.set_epoch(1, first_batch=1)
+    for (x, y, _), (u, v, _) in zip(batches[1:], restarted, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
+    for bad in (2, -1, 1.0):
+        with pytest.raises(ValueError, match=rf"first_batch: expected an int in \[0, 2\) .*got {bad}"):
+            restarted.set_epoch(1, first_batch=bad)
 
 
 def test_dali_shards_match_pyav_shards(clip_videos):

@@ -157,6 +157,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A DDP rank's own seed for what it draws after the model is built (dropout masks): each rank
+    draws other masks for its own clips, as one process over the whole batch would."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def _dist():
     """(rank, world_size, local_rank); initialises torch.distributed under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -289,6 +295,15 @@ def _rng_state() -> dict:
             "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None}
 
 
+def _every_rank_rng_state(world: int) -> list:
+    """:func:`_rng_state` of every rank, by rank (under DDP each rank draws its own)."""
+    if world == 1:
+        return [_rng_state()]
+    every = [None] * world
+    torch.distributed.all_gather_object(every, _rng_state())
+    return every
+
+
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"].cpu())
     n = s["numpy"]
@@ -298,6 +313,14 @@ def _set_rng_state(s: dict) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+def _rank_rng(ck: dict, rank: int, world: int) -> dict:
+    """``rank``'s RNG states in ``last.pt``: its own from ``rng_ranks`` (a DDP run's, by rank) when the
+    file has them for ``world`` ranks; else ``rng`` (rank 0's), which :func:`resume` then reseeds
+    other ranks from."""
+    ranks = ck.get("rng_ranks")
+    return ranks[rank] if isinstance(ranks, list) and len(ranks) == world else ck["rng"]
 
 
 _CHECKPOINT_KEYS = {"trainable": dict, "opt": dict, "sched": dict, "scaler": dict, "epoch": int, "step": int,
@@ -344,7 +367,7 @@ def _run_args_problem(saved, run_args: Optional[dict]) -> Optional[str]:
 
 
 _PARTIAL_KEYS = {"batch": int, "losses": list, "clips": int, "bad": list, "counts": dict, "time_s": float,
-                 "world": int, "rng": dict}
+                 "world": int, "rng": list}
 
 
 def _partial_problem(partial, batches: Optional[int], world: Optional[int]) -> Optional[str]:
@@ -357,6 +380,8 @@ def _partial_problem(partial, batches: Optional[int], world: Optional[int]) -> O
     if world is not None and partial["world"] != world:
         return (f"it stopped part-way through an epoch sharded over {partial['world']} rank(s), got {world}; "
                 f"resume on {partial['world']} rank(s) (another count would shard the epoch's clips anew)")
+    if len(partial["rng"]) != partial["world"] or not all(isinstance(r, dict) for r in partial["rng"]):
+        return f"entry 'partial' holds {len(partial['rng'])} RNG state(s) for {partial['world']} rank(s)"
     if batches is not None and not 0 < partial["batch"] < batches:
         return (f"it stopped after batch {partial['batch']} of an epoch, expected 1..{batches - 1} (the "
                 f"{batches} batches an epoch has here)")
@@ -396,8 +421,8 @@ def _checkpoint_problem(ck, model: torch.nn.Module, opt, data_seed: Optional[int
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
                     data_seed: Optional[int] = None, run_args: Optional[dict] = None,
-                    batches: Optional[int] = None, world: Optional[int] = None) -> dict:
-    """Load ``last.pt`` for ``--resume``; ``data_seed`` (the loaders' ``--seed``) must be the one the
+                    batches: Optional[int] = None, world: Optional[int] = None, rank: int = 0) -> dict:
+    """Load ``last.pt`` for ``--resume`` on ``rank`` (its own RNG states, where the file has them); ``data_seed`` (the loaders' ``--seed``) must be the one the
     checkpointed run sampled its clips with, and ``run_args`` (:func:`plain_args` of the resumed run)
     must hold its :data:`RUN_FLAGS`; an epoch it stopped part-way must have been of ``batches`` per
     epoch over ``world`` ranks. ``weights_only=True``: a hostile file cannot run code.
@@ -422,7 +447,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, scaler,
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
+        _set_rng_state(_rank_rng(ck, rank, world or 1))
     except Exception as e:  # noqa: BLE001
         opt.load_state_dict(opt_state)
         raise ValueError(f"--resume: {path}: optimizer, scheduler, scaler or RNG state cannot be restored "
@@ -605,6 +630,7 @@ def build_trainer(args, train_items, val_items, num_classes: int, rank: int, wor
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
+        _seed_everything(_rank_seed(args.seed, rank))  # the same model on every rank, then its own draws
     train_loader, val_loader, loader_kind = make_loaders(args, train_items, val_items, device, rank, world)
     if len(train_loader) == 0:  # training drops a last partial batch: this would train nothing and "succeed"
         raise ValueError(f"--batch-size {args.batch_size}: the {len(train_loader.pool)} usable training videos over "
@@ -620,7 +646,11 @@ def resume(tr: Trainer) -> None:
     """Continue from ``last.pt``: weights, optimizer, schedule, scaler, RNG states, metrics."""
     ck = load_checkpoint(tr.ckpt_path, tr.model, tr.opt, tr.sched, tr.scaler,
                          data_seed=tr.train_loader.rng_state()["seed"], run_args=plain_args(tr.args),
-                         batches=len(tr.train_loader), world=tr.world)
+                         batches=len(tr.train_loader), world=tr.world, rank=tr.rank)
+    ranks = ck.get("rng_ranks")
+    if tr.world > 1 and not (isinstance(ranks, list) and len(ranks) == tr.world):
+        # written by one process or another world size: a stream of this rank's own from here
+        _seed_everything(_rank_seed(tr.args.seed, tr.rank, ck["step"]))
     tr.partial = ck.get("partial")
     tr.start_epoch, tr.step, tr.metrics = ck["epoch"] + (tr.partial is None), ck["step"], ck["metrics"]
     tr.last_good = f"{tr.ckpt_path} ({_where(ck['epoch'], tr.step, tr.partial)})"
@@ -758,7 +788,7 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
         if carried and batch == first:
             # the RNG states at the stop, now that the loader has drawn its seeds as it did at the start
             # of the stopped run's epoch (a DataLoader iterator draws one from torch's when it starts)
-            _set_rng_state(carried["rng"])
+            _set_rng_state(carried["rng"][tr.rank])
         batch += 1
         bad += bad_paths
         stand_in = clips is None  # every video of the batch was bad
@@ -799,7 +829,8 @@ def train_epoch(tr: Trainer, epoch: int) -> tuple[dict, EpochStats]:
     dt = time.time() - t0
     partial, bad = None, gather_paths(bad)
     if batch < len(tr.train_loader):  # stopped at --max-steps (pending is 0: the stop follows an update)
-        partial = _partial_record(batch, losses, n_clips, bad, tr.counts, dt, tr.world, _rng_state())
+        partial = _partial_record(batch, losses, n_clips, bad, tr.counts, dt, tr.world,
+                                  _every_rank_rng_state(tr.world))
     bad = report_bad_videos(f"epoch {epoch + 1} training", bad, tr.train_loader.dropped, gathered=True)
     steady = steady_clips_per_s(stamps, tr.train_loader.batches_per_wave)
     rec = {"epoch": epoch + 1, "step": tr.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -816,14 +847,18 @@ def plain_args(args) -> dict:
     return json.loads(json.dumps(vars(args), default=str))
 
 
-def save_checkpoint(tr: Trainer, epoch: int, partial: Optional[dict] = None) -> None:
+def save_checkpoint(tr: Trainer, epoch: int, partial: Optional[dict] = None, rngs: Optional[list] = None) -> None:
     """``last.pt`` (atomically; tensors and plain types only, so it loads with ``weights_only=True``),
     then ``metrics.jsonl`` rewritten from the records it holds. ``partial``: the epoch stopped
-    part-way (:func:`_partial_record`)."""
+    part-way (:func:`_partial_record`); ``rngs``: every rank's RNG states (:func:`_every_rank_rng_state`,
+    which every rank calls), by default this process's."""
     trainable = {n: p.detach() for n, p in tr.model.named_parameters() if p.requires_grad}
+    rngs = rngs or [_rng_state()]
     ck = {"trainable": trainable, "opt": tr.opt.state_dict(), "sched": tr.sched.state_dict(),
           "scaler": tr.scaler.state_dict(), "epoch": epoch, "step": tr.step, "metrics": tr.metrics,
-          "rng": _rng_state(), "data_rng": tr.train_loader.rng_state(), "args": plain_args(tr.args)}
+          "rng": rngs[0], "data_rng": tr.train_loader.rng_state(), "args": plain_args(tr.args)}
+    if len(rngs) > 1:
+        ck["rng_ranks"] = rngs
     if partial is not None:
         ck["partial"] = partial
     atomic_save(ck, tr.ckpt_path)
@@ -849,8 +884,9 @@ def train_epochs(tr: Trainer) -> tuple[float, int]:
         if tr.metrics and tr.metrics[-1]["epoch"] == epoch + 1:  # the record of this epoch's stopped part
             tr.metrics.pop()
         tr.metrics.append(rec)
+        rngs = _every_rank_rng_state(tr.world)
         if tr.rank == 0:
-            save_checkpoint(tr, epoch, stats.partial)
+            save_checkpoint(tr, epoch, stats.partial, rngs)
             if not args.quiet:
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
     return train_time, train_clips

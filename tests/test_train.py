@@ -485,48 +485,40 @@ def _cut_short_faststart_mp4(path):
     return path
 
 
-def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, tmp_path, capfd):
-    """stadapter-train under DDP (2 ranks, gloo, CPU), 1 clip per rank per step, the list holding 3
-    MP4s that pass the probe and fail when decoded. At step 1 only rank 1's clip is bad: it takes the
-    step on a zero-weighted stand-in (a rank that skipped it would leave the other waiting in the
-    all-reduce for ever, or pair the wrong all-reduces). At step 4 both are: both skip it, no update.
-    Both ranks end with the same weights, and rank 0 names the 3 videos, 2 of which rank 1 met."""
+def _free_ports(n: int) -> list:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:  # held together: n different ports
+        for sk in socks:
+            sk.bind(("127.0.0.1", 0))
+        return [sk.getsockname()[1] for sk in socks]
+    finally:
+        for sk in socks:
+            sk.close()
+
+
+def _run_ddp(argvs: list, timeout_s: float = 150) -> dict:
+    """stadapter-train under DDP, 2 ranks (gloo, CPU), each argv of ``argvs`` one run after another:
+    ``{rank: [(summary, trainable weights) per run]}``; a rank that fails or hangs fails the test."""
     import multiprocessing as mp
     import queue as queues
-    import shutil
-    import socket
     import time
 
-    lines = (data / "train.txt").read_text().splitlines()[:7]
-    bad = [_cut_short_faststart_mp4(tmp_path / "cut0.mp4")]
-    bad += [Path(shutil.copy(bad[0], tmp_path / f"cut{k}.mp4")) for k in (1, 2)]
-    (tmp_path / "train.txt").write_text("\n".join(lines + [f"{b} 1" for b in bad]) + "\n")
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    argv = args(data, tmp_path / "run", "--loader", "pyav", "--epochs", "1", "--batch-size", "1", "--seed", "51")
-    argv[argv.index("--train-list") + 1] = str(tmp_path / "train.txt")
-    from stadapter_fast.data import read_video_list
-    from stadapter_fast.data.sampling import epoch_order
-
-    items = read_video_list(tmp_path / "train.txt", root=data)
-    shards = [[items[i].path in map(str, bad) for i in epoch_order(10, 51, 0, True, r, 2)] for r in (0, 1)]
-    # the seed puts a bad video first on rank 1 only (a step with no loss before it on that rank; rank 0
-    # must hear of it) and bad videos at step 4 on both ranks
-    assert shards == [[False, False, False, True, False], [True, False, False, True, False]]
     from tests._ddp import ddp_rank
 
     ctx = mp.get_context("spawn")  # fork: a parent with threads running (DALI, OpenMP) may hang the child
     q = ctx.Queue()
-    procs = [ctx.Process(target=ddp_rank, args=(r, port, argv, q)) for r in (0, 1)]
+    ports = _free_ports(len(argvs))
+    procs = [ctx.Process(target=ddp_rank, args=(r, ports, argvs, q)) for r in (0, 1)]
     for p in procs:
         p.start()
-    got, deadline = {}, time.monotonic() + 150
+    got, deadline = {}, time.monotonic() + timeout_s
     try:
         while len(got) < 2:
             try:
-                r, s, w = q.get(timeout=1)
-                got[r] = (s, w)
+                r, runs = q.get(timeout=1)
+                got[r] = runs
             except queues.Empty:
                 dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if dead or time.monotonic() > deadline:
@@ -537,8 +529,34 @@ def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, t
             p.join(5)
             if p.is_alive():
                 p.kill()
-    assert all(isinstance(got[r][0], dict) for r in (0, 1)), {r: got[r][0] for r in (0, 1)}
-    (s0, w0), (s1, w1) = got[0], got[1]
+    assert all(isinstance(got[r], list) for r in (0, 1)), got
+    return got
+
+
+def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, tmp_path, capfd):
+    """stadapter-train under DDP (2 ranks, gloo, CPU), 1 clip per rank per step, the list holding 3
+    MP4s that pass the probe and fail when decoded. At step 1 only rank 1's clip is bad: it takes the
+    step on a zero-weighted stand-in (a rank that skipped it would leave the other waiting in the
+    all-reduce for ever, or pair the wrong all-reduces). At step 4 both are: both skip it, no update.
+    Both ranks end with the same weights, and rank 0 names the 3 videos, 2 of which rank 1 met."""
+    import shutil
+
+    lines = (data / "train.txt").read_text().splitlines()[:7]
+    bad = [_cut_short_faststart_mp4(tmp_path / "cut0.mp4")]
+    bad += [Path(shutil.copy(bad[0], tmp_path / f"cut{k}.mp4")) for k in (1, 2)]
+    (tmp_path / "train.txt").write_text("\n".join(lines + [f"{b} 1" for b in bad]) + "\n")
+    argv = args(data, tmp_path / "run", "--loader", "pyav", "--epochs", "1", "--batch-size", "1", "--seed", "51")
+    argv[argv.index("--train-list") + 1] = str(tmp_path / "train.txt")
+    from stadapter_fast.data import read_video_list
+    from stadapter_fast.data.sampling import epoch_order
+
+    items = read_video_list(tmp_path / "train.txt", root=data)
+    shards = [[items[i].path in map(str, bad) for i in epoch_order(10, 51, 0, True, r, 2)] for r in (0, 1)]
+    # the seed puts a bad video first on rank 1 only (a step with no loss before it on that rank; rank 0
+    # must hear of it) and bad videos at step 4 on both ranks
+    assert shards == [[False, False, False, True, False], [True, False, False, True, False]]
+    got = _run_ddp([argv])
+    ((s0, w0),), ((s1, w1),) = got[0], got[1]
     assert s0["steps"] == s1["steps"] == 4 and w0.keys() == w1.keys() and len(w0) > 0  # 5 steps, 1 skipped
     for n in w0:
         assert (w0[n] == w1[n]).all(), n
@@ -546,3 +564,25 @@ def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, t
     assert rec[-1]["train_bad"] == 3 and rec[-1]["val_clips"] == 8
     out = capfd.readouterr().out
     assert "epoch 1 training: skipped 3 bad video(s): " in out and all(str(b) in out for b in bad)
+
+
+def test_ddp_ranks_draw_their_own_dropout_masks_and_resume_exactly(data, tmp_path):
+    """Under DDP each rank draws its own dropout masks (its own RNG stream once the model is built:
+    with one seed for all, every rank's clip k got the same mask), and last.pt keeps every rank's RNG
+    states, so a 2-rank run stopped part-way through its epoch and resumed ends bit-identical to an
+    uninterrupted one (weights and the epoch's loss)."""
+    common = ["--loader", "pyav", "--epochs", "1", "--batch-size", "4", "--seed", "8", "--dropout", "0.5"]
+    got = _run_ddp([args(data, tmp_path / "straight", *common),
+                    args(data, tmp_path / "resumed", *common, "--max-steps", "1"),
+                    args(data, tmp_path / "resumed", *common, "--resume")])
+    stopped_steps = [got[r][1][0]["steps"] for r in (0, 1)]
+    assert stopped_steps == [1, 1]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    ranks = a["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert a["step"] == b["step"] == 2 and a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
+    for (_, wa), (_, wb) in ((got[r][0], got[r][2]) for r in (0, 1)):
+        assert wa.keys() == wb.keys() and len(wa) > 0
+        for n in wa:
+            assert (wa[n] == wb[n]).all(), n

@@ -113,6 +113,9 @@ def test_synthetic_dataset_files_and_determinism(dataset, tmp_path):
     items = read_video_list(dataset / "train.txt")
     assert len(items) == 8 and {i.label for i in items} == set(range(len(CLASSES)))
     assert {p.suffix for p in (dataset / "videos" / "train").iterdir()} == {".webm", ".mp4"}
+    # every class has each codec alike: no codec tells a class (per clip, classes 0/2 were all VP9)
+    assert sorted((i.label, Path(i.path).suffix) for i in items) == [
+        (c, suffix) for c in range(len(CLASSES)) for suffix in (".mp4", ".webm")]
     again = make_synthetic(tmp_path, n_train=8, n_val=4, frames=16, size=32, seed=3)
     for a, b in zip(items, read_video_list(again / "train.txt")):
         assert np.array_equal(decode_video(a.path), decode_video(b.path))

@@ -111,8 +111,8 @@ def ensure_synthetic(root, **kw) -> Path:
     root = Path(root)
     meta = root / "meta.json"
     want = dict(dict(n_train=400, n_val=160, frames=16, size=64, seed=0, codecs=["vp9", "h264"]), **kw)
-    want["codecs"], want["layout"] = list(want["codecs"]), LAYOUT
-    if meta.exists() and json.loads(meta.read_text()) == want:
+    want["codecs"] = list(want["codecs"])
+    if meta.exists() and json.loads(meta.read_text()) == dict(want, layout=LAYOUT):
         return root
     return make_synthetic(root, **want)
 

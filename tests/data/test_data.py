@@ -1,4 +1,5 @@
 """Data: list files, clip sampling, the synthetic generator, PyAV and DALI decoding, bad files."""
+import json
 import re
 from pathlib import Path
 
@@ -120,6 +121,21 @@ def test_synthetic_dataset_files_and_determinism(dataset, tmp_path):
     for a, b in zip(items, read_video_list(again / "train.txt")):
         assert np.array_equal(decode_video(a.path), decode_video(b.path))
     assert (dataset / "classes.txt").read_text().splitlines() == CLASSES
+
+
+def test_ensure_synthetic_keeps_a_dataset_of_its_settings_and_remakes_another(tmp_path):
+    from stadapter_fast.data.synthetic import ensure_synthetic
+
+    kw = dict(n_train=4, n_val=0, frames=4, size=16, seed=2, codecs=["vp9"])
+    root = ensure_synthetic(tmp_path, **kw)
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta == dict(kw, layout=2)
+    stamp = (root / "train.txt").stat().st_mtime_ns
+    assert ensure_synthetic(tmp_path, **kw) == root and (root / "train.txt").stat().st_mtime_ns == stamp
+    # a dataset of the former layout (codecs alternating per clip) is made again
+    (root / "meta.json").write_text(json.dumps(dict(kw, codecs=["vp9"])))
+    ensure_synthetic(tmp_path, **kw)
+    assert json.loads((root / "meta.json").read_text()) == dict(kw, layout=2)
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9"])

@@ -755,11 +755,11 @@ class EpochStats:
 
 
 def _partial_record(batch: int, losses: list, clips: int, bad: list, counts: dict, time_s: float, world: int,
-                    rng: dict) -> dict:
+                    rng: list) -> dict:
     """What an epoch stopped after its ``batch``-th batch (per rank) gave so far, as ``last.pt`` holds
     it, so that a resumed run ends the epoch as an uninterrupted one: its loss and clip counts, its bad
-    videos, the world size (the batches are this sharding's) and the RNG states at the stop (before
-    validation draws from them)."""
+    videos (every rank's), the world size (the batches are this sharding's) and every rank's RNG
+    states at the stop (before validation draws from them)."""
     return {"batch": batch, "losses": [float(v) for v in losses], "clips": clips, "bad": list(bad),
             "counts": dict(counts), "time_s": float(time_s), "world": world, "rng": rng}
 

@@ -485,22 +485,18 @@ def _cut_short_faststart_mp4(path):
     return path
 
 
-def _free_ports(n: int) -> list:
+def _free_port() -> int:
     import socket
 
-    socks = [socket.socket() for _ in range(n)]
-    try:  # held together: n different ports
-        for sk in socks:
-            sk.bind(("127.0.0.1", 0))
-        return [sk.getsockname()[1] for sk in socks]
-    finally:
-        for sk in socks:
-            sk.close()
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
 
 
-def _run_ddp(argvs: list, timeout_s: float = 150) -> dict:
-    """stadapter-train under DDP, 2 ranks (gloo, CPU), each argv of ``argvs`` one run after another:
-    ``{rank: [(summary, trainable weights) per run]}``; a rank that fails or hangs fails the test."""
+def _run_ddp(argv: list, timeout_s: float = 150) -> dict:
+    """stadapter-train under DDP, 2 ranks (gloo, CPU), in a fresh pair of processes (one process
+    running several process groups in turn hung in one CI run): ``{rank: (summary, trainable
+    weights)}``. A rank that fails or hangs fails the test; a hung rank prints its stacks first."""
     import multiprocessing as mp
     import queue as queues
     import time
@@ -509,16 +505,16 @@ def _run_ddp(argvs: list, timeout_s: float = 150) -> dict:
 
     ctx = mp.get_context("spawn")  # fork: a parent with threads running (DALI, OpenMP) may hang the child
     q = ctx.Queue()
-    ports = _free_ports(len(argvs))
-    procs = [ctx.Process(target=ddp_rank, args=(r, ports, argvs, q)) for r in (0, 1)]
+    port = _free_port()
+    procs = [ctx.Process(target=ddp_rank, args=(r, port, argv, q, timeout_s - 10)) for r in (0, 1)]
     for p in procs:
         p.start()
     got, deadline = {}, time.monotonic() + timeout_s
     try:
         while len(got) < 2:
             try:
-                r, runs = q.get(timeout=1)
-                got[r] = runs
+                r, summary, weights = q.get(timeout=1)
+                got[r] = (summary, weights)
             except queues.Empty:
                 dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if dead or time.monotonic() > deadline:
@@ -529,7 +525,7 @@ def _run_ddp(argvs: list, timeout_s: float = 150) -> dict:
             p.join(5)
             if p.is_alive():
                 p.kill()
-    assert all(isinstance(got[r], list) for r in (0, 1)), got
+    assert all(isinstance(got[r][0], dict) for r in (0, 1)), {r: got[r][0] for r in (0, 1)}
     return got
 
 
@@ -555,8 +551,8 @@ def test_ddp_two_ranks_train_in_step_when_one_rank_gets_only_a_bad_video(data, t
     # the seed puts a bad video first on rank 1 only (a step with no loss before it on that rank; rank 0
     # must hear of it) and bad videos at step 4 on both ranks
     assert shards == [[False, False, False, True, False], [True, False, False, True, False]]
-    got = _run_ddp([argv])
-    ((s0, w0),), ((s1, w1),) = got[0], got[1]
+    got = _run_ddp(argv)
+    (s0, w0), (s1, w1) = got[0], got[1]
     assert s0["steps"] == s1["steps"] == 4 and w0.keys() == w1.keys() and len(w0) > 0  # 5 steps, 1 skipped
     for n in w0:
         assert (w0[n] == w1[n]).all(), n
@@ -572,17 +568,16 @@ def test_ddp_ranks_draw_their_own_dropout_masks_and_resume_exactly(data, tmp_pat
     states, so a 2-rank run stopped part-way through its epoch and resumed ends bit-identical to an
     uninterrupted one (weights and the epoch's loss)."""
     common = ["--loader", "pyav", "--epochs", "1", "--batch-size", "4", "--seed", "8", "--dropout", "0.5"]
-    got = _run_ddp([args(data, tmp_path / "straight", *common),
-                    args(data, tmp_path / "resumed", *common, "--max-steps", "1"),
-                    args(data, tmp_path / "resumed", *common, "--resume")])
-    stopped_steps = [got[r][1][0]["steps"] for r in (0, 1)]
-    assert stopped_steps == [1, 1]
+    straight = _run_ddp(args(data, tmp_path / "straight", *common))
+    stopped = _run_ddp(args(data, tmp_path / "resumed", *common, "--max-steps", "1"))
+    assert [stopped[r][0]["steps"] for r in (0, 1)] == [1, 1]
+    resumed = _run_ddp(args(data, tmp_path / "resumed", *common, "--resume"))
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     ranks = a["rng_ranks"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
     assert a["step"] == b["step"] == 2 and a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
-    for (_, wa), (_, wb) in ((got[r][0], got[r][2]) for r in (0, 1)):
+    for (_, wa), (_, wb) in ((straight[r], resumed[r]) for r in (0, 1)):
         assert wa.keys() == wb.keys() and len(wa) > 0
         for n in wa:
             assert (wa[n] == wb[n]).all(), n
